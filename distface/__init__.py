@@ -1,0 +1,1 @@
+"""distface: distributed face-recognition training on TensorFlow 2 and Horovod."""

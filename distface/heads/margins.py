@@ -1,0 +1,202 @@
+"""Margin logits for face recognition: pure functions of (cosine, labels, params).
+
+cosine[i, j] is cos θ between the L2-normalised embedding i and class weight j; labels[i] is the target
+column in [0, C), or -1 when row i's class is not in this block (the sharded head holds only a block of
+the classes), in which case every column of the row gets the non-target formula. Inputs may be any float
+dtype; everything is computed in float32 and returned as float32 [B, C].
+
+Blocks can have millions of columns, so a margin touches only the B target cosines: gather them, adjust
+them, scatter them back. The rest of the block costs one multiply.
+"""
+import math
+from typing import Callable, Union
+
+import tensorflow as tf
+
+from distface.heads import MARGINS
+
+Scalar = Union[float, tf.Tensor]
+MarginFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, Scalar], tf.Tensor]
+
+# θ = acos(clip(c, -1 + EPS, 1 - EPS)), for target logits only. 1e-6 is ~17 float32 ulps inside ±1:
+# 1 - c is exact there and 1 - c² keeps ~1% accuracy, so acos' derivative 1/sqrt(1 - c²) is accurate
+# and bounded by ~707 (1e-7 rounds to 2 ulps: ~6% error, bound ~2048). The price: at c = ±1 the target
+# angle is off by at most sqrt(2·EPS) ≈ 1.4e-3 rad (0.08°), and the gradient there is 0 (clipped).
+EPS = 1e-6
+
+
+
+def _f32(x) -> tf.Tensor:
+    return tf.cast(x, tf.float32)
+
+
+def _clip(t: tf.Tensor) -> tf.Tensor:
+    return tf.clip_by_value(t, -1.0 + EPS, 1.0 - EPS)
+
+
+def _with_target(logits: tf.Tensor, cosine: tf.Tensor, labels: tf.Tensor,
+                 target_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """Replaces logits[i, labels[i]] by target_fn(cosine[i, labels[i]]) where labels[i] >= 0."""
+    labels = tf.cast(labels, tf.int32)
+    col = tf.maximum(labels, 0)  # -1 rows read column 0 and write its own logit back unchanged
+    new = tf.where(labels >= 0,
+                   target_fn(tf.gather(cosine, col, batch_dims=1)),
+                   tf.gather(logits, col, batch_dims=1))
+    index = tf.stack([tf.range(tf.shape(col)[0]), col], axis=1)
+    return tf.tensor_scatter_nd_update(logits, index, new)
+
+
+def _arc(t: tf.Tensor, m: Scalar, easy_margin: bool = False) -> tf.Tensor:
+    """cos(θ + m) = cos θ cos m - sin θ sin m with insightface's fallback past θ = π - m."""
+    m = _f32(m)
+    tc = _clip(t)
+    sin = tf.sqrt((1.0 - tc) * (1.0 + tc))  # (1-c)(1+c), not 1-c²: no cancellation near c = ±1
+    cos_tm = t * tf.cos(m) - sin * tf.sin(m)  # unclipped cos θ, so m = 0 gives cos θ bit for bit
+    if easy_margin:
+        return tf.where(t > 0.0, cos_tm, t)
+    # Past θ = π - m, cos(θ + m) would turn back up; continue with a decreasing line instead.
+    return tf.where(t > tf.cos(math.pi - m), cos_tm, t - tf.sin(math.pi - m) * m)
+
+
+def _psi(phi: tf.Tensor) -> tf.Tensor:
+    """(-1)^k cos φ - 2k, k = floor(φ/π): cos φ on [0, π], continued monotonically beyond."""
+    k = tf.floor(phi / math.pi)
+    return (1.0 - 2.0 * tf.math.floormod(k, 2.0)) * tf.cos(phi) - 2.0 * k
+
+
+def normface(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 30.0) -> tf.Tensor:
+    """NormFace: s·cos θ in every column (features and weights normalised)."""
+    del labels  # no margin; the argument keeps the common signature
+    return scale * _f32(cosine)
+
+
+def modified_softmax(cosine: tf.Tensor, labels: tf.Tensor, norms: tf.Tensor) -> tf.Tensor:
+    """SphereFace's modified softmax: ||x||·cos θ (only the weights normalised); norms [B]."""
+    del labels
+    return _f32(norms)[:, None] * _f32(cosine)
+
+
+def _check_sphere_m(m) -> None:
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"sphereface m must be an integer >= 1, got {m!r}")
+
+
+def sphereface(cosine: tf.Tensor, labels: tf.Tensor, norms: tf.Tensor, m: int = 4,
+               lam: Scalar = 0.0) -> tf.Tensor:
+    """A-Softmax: target (λ·||x||·cos θ + ||x||·ψ(mθ)) / (1 + λ), others ||x||·cos θ."""
+    _check_sphere_m(m)
+    cosine, norms = _f32(cosine), _f32(norms)
+
+    def target(t):
+        return (lam * norms * t + norms * _psi(m * tf.acos(_clip(t)))) / (1.0 + lam)
+
+    return _with_target(norms[:, None] * cosine, cosine, labels, target)
+
+
+def sphereface_lambda(step: Scalar, base: float = 1000.0, gamma: float = 0.12, power: float = 1.0,
+                      lambda_min: float = 5.0) -> tf.Tensor:
+    """SphereFace's annealed λ = max(λ_min, base·(1 + γ·step)^-power), a float32 scalar."""
+    return tf.maximum(lambda_min, base * tf.pow(1.0 + gamma * _f32(step), -power))
+
+
+def cosface(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0,
+            margin: Scalar = 0.35) -> tf.Tensor:
+    """CosFace: target s·(cos θ - m), others s·cos θ."""
+    cosine = _f32(cosine)
+    return _with_target(scale * cosine, cosine, labels, lambda t: scale * (t - margin))
+
+
+def arcface(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0, margin: Scalar = 0.5,
+            easy_margin: bool = False) -> tf.Tensor:
+    """ArcFace: target s·cos(θ + m) (insightface's fallback, or easy margin), others s·cos θ."""
+    cosine = _f32(cosine)
+    return _with_target(scale * cosine, cosine, labels, lambda t: scale * _arc(t, margin, easy_margin))
+
+
+def combined(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0, m1: Scalar = 1.0,
+             m2: Scalar = 0.0, m3: Scalar = 0.0) -> tf.Tensor:
+    """Combined margin: target s·(cos(m1·θ + m2) - m3), others s·cos θ.
+
+    A Python m1 == 1 uses ArcFace's rule with m = m2 (so it reduces exactly to arcface and cosface);
+    otherwise (including any tensor m1) cos φ is continued past φ = π as ψ(φ) = (-1)^k cos φ - 2k,
+    k = floor(φ/π), which keeps the target non-increasing in θ for every m1 > 0.
+    """
+    cosine = _f32(cosine)
+    if isinstance(m1, (int, float)) and m1 == 1:
+        def target(t):
+            return scale * (_arc(t, m2) - m3)
+    else:
+        def target(t):
+            return scale * (_psi(m1 * tf.acos(_clip(t)) + m2) - m3)
+    return _with_target(scale * cosine, cosine, labels, target)
+
+
+def margin_ramp(step: Scalar, start: int = 0, steps: int = 0) -> tf.Tensor:
+    """Margin warm-up factor in [0, 1]: 0 before `start`, linear to 1 over `steps`, then 1.
+
+    Training from scratch with the full margin on small data can stay at chance; ramping it in after a
+    normalised-softmax phase avoids that. steps = 0 switches the margin on at `start`.
+    """
+    step = _f32(step)
+    if steps == 0:
+        return tf.cast(step >= start, tf.float32)
+    return tf.clip_by_value((step - start) / steps, 0.0, 1.0)
+
+
+def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
+                easy_margin: bool = False, sphere_m: int = 4, lambda_base: float = 1000.0,
+                lambda_gamma: float = 0.12, lambda_power: float = 1.0, lambda_min: float = 5.0,
+                warmup_start: int = 0, warmup_steps: int = 0) -> MarginFn:
+    """Returns fn(cosine, labels, norms, step) -> float32 logits for one of MARGINS.
+
+    "softmax" passes raw linear logits (given as `cosine`) through. cosface uses m3, arcface m2, combined
+    all three; their margins (and m1 - 1) are scaled by margin_ramp(step, warmup_start, warmup_steps).
+    sphereface is warmed up by its own λ annealing instead.
+    """
+    if kind not in MARGINS:
+        raise ValueError(f"unknown margin kind {kind!r}; known kinds: {', '.join(MARGINS)}")
+    for name, value, ok, rule in (("scale", scale, scale > 0, "> 0"), ("m1", m1, m1 >= 1, ">= 1"),
+                                  ("m2", m2, m2 >= 0, ">= 0"), ("m3", m3, m3 >= 0, ">= 0"),
+                                  ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0")):
+        if not ok:
+            raise ValueError(f"margin {name} must be {rule}, got {value!r}")
+    _check_sphere_m(sphere_m)
+
+    def ramp(step):
+        return margin_ramp(step, warmup_start, warmup_steps)
+
+    def combined_fn(cosine, labels, norms, step):
+        r = ramp(step)
+        m1_eff = m1 if m1 == 1 else 1.0 + (m1 - 1.0) * r  # Python 1 keeps ArcFace's rule
+        return combined(cosine, labels, scale, m1_eff, m2 * r, m3 * r)
+
+    fns = {
+        "softmax": lambda cosine, labels, norms, step: _f32(cosine),
+        "normface": lambda cosine, labels, norms, step: normface(cosine, labels, scale),
+        "modified_softmax": lambda cosine, labels, norms, step: modified_softmax(cosine, labels, norms),
+        "sphereface": lambda cosine, labels, norms, step: sphereface(
+            cosine, labels, norms, sphere_m,
+            sphereface_lambda(step, lambda_base, lambda_gamma, lambda_power, lambda_min)),
+        "cosface": lambda cosine, labels, norms, step: cosface(cosine, labels, scale, m3 * ramp(step)),
+        "arcface": lambda cosine, labels, norms, step: arcface(
+            cosine, labels, scale, m2 * ramp(step), easy_margin),
+        "combined": combined_fn,
+    }
+    return fns[kind]
+
+
+def target_angles(cosine: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(Σ target θ°, #rows with label >= 0, Σ non-target θ°, #non-target entries), float32 scalars.
+
+    Sums and counts, so a sharded head can add them across replicas before dividing. This takes one
+    acos over the whole [B, C] block: call it on logging steps only.
+    """
+    cosine = tf.stop_gradient(_f32(cosine))
+    degrees = tf.acos(tf.clip_by_value(cosine, -1.0, 1.0)) * (180.0 / math.pi)
+    is_target = tf.one_hot(labels, tf.shape(cosine)[1], on_value=True, off_value=False,
+                           dtype=tf.bool)  # a -1 row is all False
+    zeros = tf.zeros_like(degrees)
+    n_target = tf.reduce_sum(tf.cast(labels >= 0, tf.float32))
+    return (tf.reduce_sum(tf.where(is_target, degrees, zeros)), n_target,
+            tf.reduce_sum(tf.where(is_target, zeros, degrees)),
+            tf.cast(tf.size(degrees, out_type=tf.int64), tf.float32) - n_target)

@@ -1,0 +1,56 @@
+"""Identity-balanced batches (P identities × K images) so triplet mining always has positives."""
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def identity_balanced_batches(
+    labels: np.ndarray,
+    identities_per_batch: int,
+    images_per_identity: int,
+    seed: int,
+    drop_small: bool = True,
+) -> Iterator[np.ndarray]:
+    """Infinite iterator of int64 index arrays of length P·K into `labels`, grouped by identity.
+
+    Each batch holds P distinct identities (P = identities_per_batch) with K images each
+    (K = images_per_identity), drawn without replacement. Identities are visited without
+    replacement within an epoch and reshuffled every epoch; the last < P identities of an epoch
+    are skipped, as a remainder batch would not have P identities.
+    drop_small=True: identities with fewer than K images are never used. drop_small=False: they
+    are used too, their images drawn with replacement to fill K (so their indices repeat).
+    Validates eagerly: ValueError when fewer than P identities are usable.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    p, k = identities_per_batch, images_per_identity
+    if p < 1 or k < 1:
+        raise ValueError(
+            f"identities_per_batch and images_per_identity must be >= 1, got {p} and {k}"
+        )
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    # Image indices of each identity, in dataset order.
+    groups = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    usable = [g for g in groups if len(g) >= k or not drop_small]
+    if len(usable) < p:
+        raise ValueError(
+            f"only {len(usable)} identities have >= {k} images (images_per_identity), "
+            f"but identities_per_batch={p}"
+        )
+    return _batches(usable, p, k, np.random.default_rng(seed))
+
+
+def _batches(
+    groups: list[np.ndarray], p: int, k: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    while True:
+        order = rng.permutation(len(groups))
+        for start in range(0, len(order) - p + 1, p):
+            yield np.concatenate(
+                [
+                    rng.choice(groups[i], size=k, replace=len(groups[i]) < k)
+                    for i in order[start : start + p]
+                ]
+            ).astype(np.int64)

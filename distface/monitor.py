@@ -1,0 +1,59 @@
+"""Progress lines and TensorBoard scalars. Only the chief writes (DESIGN: rank 0 speaks)."""
+from __future__ import annotations
+
+import sys
+import time
+
+import tensorflow as tf
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class Monitor:
+    def __init__(self, logdir: str | None, total_steps: int, global_batch: int, enabled: bool = True,
+                 quiet: bool = False, stream=sys.stdout):
+        self.enabled = enabled
+        self.quiet = quiet or not enabled
+        self.total_steps = total_steps
+        self.global_batch = global_batch
+        self.stream = stream
+        self.writer = tf.summary.create_file_writer(logdir) if enabled and logdir else None
+        self._mark = None
+
+    def start(self, step: int) -> None:
+        self._mark = (time.perf_counter(), step)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is None:
+            return
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value))
+        self.writer.flush()
+
+    def log_step(self, step: int, metrics: dict, lr: float) -> None:
+        """Print step, loss, lr, images/s and ETA since the last call; write the scalars."""
+        now = time.perf_counter()
+        last_time, last_step = self._mark
+        rate = (step - last_step) * self.global_batch / max(now - last_time, 1e-9)
+        self._mark = (now, step)
+        eta = (self.total_steps - step) * self.global_batch / max(rate, 1e-9)
+        values = {k: float(v) for k, v in metrics.items()}
+        values.update({"lr": lr, "throughput/images_per_sec": rate})
+        self.scalars(step, values)
+        angle = f" | θy {values['angle/target_deg']:.1f}°" if "angle/target_deg" in values else ""
+        self.say(f"step {step:>6}/{self.total_steps} | loss {values['loss']:.4f}{angle} | lr {lr:.4g} | "
+                 f"{rate:,.0f} img/s | eta {format_duration(eta)}")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

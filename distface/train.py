@@ -1,0 +1,153 @@
+"""python -m distface.train --config configs/debug.yaml [--set section.key=value ...] [--resume]
+
+Wiring only: config -> engine -> data -> model -> loop. Bad input (config, data, pairs) stops before training
+with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from distface.config import Config, ConfigError, load_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m distface.train", description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="YAML experiment file (defaults apply to missing keys)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--strategy", help="shorthand for --set train.strategy=NAME")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.out_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.set) + ([f"train.strategy={args.strategy}"] if args.strategy else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        session = Session(cfg, resume=args.resume, quiet=args.quiet)
+    except (ConfigError, ValueError, OSError) as err:
+        print(f"distface: {err}", file=sys.stderr)
+        return 2
+    session.train()
+    return 0
+
+
+class Session:
+    """Everything a run needs, built (and validated) before the first step."""
+
+    def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False):
+        import tensorflow as tf
+
+        from distface.checkpoint import checkpoint_dir, make_manager, save_config
+        from distface.data.pipeline import train_dataset
+        from distface.eval.runner import verification_set_from_config
+        from distface.heads.classifier import build_head
+        from distface.loop import Trainer
+        from distface.models import build_backbone
+        from distface.monitor import Monitor
+        from distface.optim import build_optimizer
+        from distface.parallel import build_engine
+
+        self.cfg = cfg
+        self.out_dir = Path(cfg.train.out_dir)
+        if not resume and tf.train.latest_checkpoint(str(checkpoint_dir(self.out_dir))):
+            raise ValueError(f"train.out_dir: {self.out_dir} already holds checkpoints; "
+                             "pass --resume to continue or choose another train.out_dir")
+        self.engine = engine = build_engine(cfg.train.strategy)
+        source, num_classes = train_source(cfg)
+        if engine.is_chief:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.num_classes = num_classes
+        self.dataset = engine.distribute_dataset(lambda shards, index: train_dataset(
+            source, image_size=tuple(cfg.model.image_size), batch_size=cfg.data.batch_size, seed=cfg.train.seed,
+            shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip, num_shards=shards, shard_index=index,
+            cache=cfg.data.cache))
+        self.vset = verification_set_from_config(cfg.eval, cfg.model.image_size, self.out_dir) \
+            if engine.is_chief else None
+
+        tf.keras.utils.set_random_seed(cfg.train.seed)
+        with engine.scope():
+            backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size,
+                                      cfg.model.dropout)
+            head = build_head(cfg.head, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
+            optimizer = build_optimizer(cfg.optim, cfg.train.steps)
+            self.trainer = Trainer(cfg, engine, backbone, head, optimizer, num_classes)
+        self.manager = make_manager(self.trainer, self.out_dir, cfg.train.keep_checkpoints)
+        self.monitor = Monitor(str(self.out_dir / "tb"), cfg.train.steps, self.trainer.global_batch,
+                               enabled=engine.is_chief, quiet=quiet)
+        if resume and self.manager.latest_checkpoint:
+            self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            self.monitor.say(f"resumed from {self.manager.latest_checkpoint} at step {int(self.trainer.step)}")
+        elif resume:
+            self.monitor.say(f"--resume: no checkpoint in {checkpoint_dir(self.out_dir)}, starting at step 0")
+        if engine.is_chief:
+            save_config(cfg, self.out_dir)
+
+    def train(self) -> dict:
+        cfg, trainer, monitor = self.cfg, self.trainer, self.monitor
+        start = int(trainer.step)
+        monitor.say(f"training {cfg.model.backbone} + {cfg.head.type} on {self.num_classes} identities | "
+                    f"engine {self.engine.name} x{self.engine.num_replicas} | global batch "
+                    f"{trainer.global_batch} | steps {start}..{cfg.train.steps} | out {self.out_dir}")
+        began = time.perf_counter()
+        monitor.start(start)
+        for step in range(start + 1, cfg.train.steps + 1):
+            metrics = trainer.train_step(*next(self.dataset))
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                monitor.log_step(step, metrics, trainer.learning_rate())
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and self.engine.is_chief:
+                self.manager.save(checkpoint_number=step)
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
+                self.evaluate(step)
+                monitor.start(step)  # keep eval time out of the images/s figure
+        if self.engine.is_chief and self.manager.latest_checkpoint != self._checkpoint_path(cfg.train.steps):
+            self.manager.save(checkpoint_number=cfg.train.steps)
+        monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
+        result = self.evaluate(cfg.train.steps)
+        monitor.close()
+        return result
+
+    def _checkpoint_path(self, step: int) -> str:
+        return str(Path(self.manager.directory) / f"ckpt-{step}")
+
+    def evaluate(self, step: int) -> dict:
+        from distface.eval.runner import evaluate_backbone, format_result
+
+        if not self.engine.is_chief:
+            return {}
+        result = evaluate_backbone(self.trainer.backbone, self.vset, self.cfg.eval)
+        self.monitor.say(f"eval step {step} | {format_result(self.vset.name, result)}")
+        values = {"accuracy": result.accuracy, "val": result.val, "auc": result.auc, "eer": result.eer}
+        self.monitor.scalars(step, {f"eval/{self.vset.name}/{k}": v for k, v in values.items()})
+        record = {"step": step, "pairs": self.vset.name, **result.__dict__}
+        with open(self.out_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+
+def train_source(cfg: Config):
+    """(source for train_dataset, number of classes) from the data section."""
+    from distface.data.folders import scan_identity_folders
+    from distface.data.orl import orl_split
+    from distface.data.synthetic import synthetic_images
+
+    d = cfg.data
+    if d.source == "orl":
+        images = orl_split(d.train_identities)
+        return images, images.num_classes
+    if d.source == "folder":
+        images = scan_identity_folders(d.path)
+        return images, images.num_classes
+    arrays = synthetic_images(d.synthetic_identities, d.synthetic_images_per_identity,
+                                      tuple(cfg.model.image_size), seed=cfg.train.seed)
+    return arrays, d.synthetic_identities
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Config: YAML + --set overrides into typed dataclasses; each class of bad input exits 2 naming the key."""
+import subprocess
+import sys
+
+import pytest
+
+from distface.config import Config, ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "model:\n  embedding_size: 64\noptim:\n  lr: 0.2\n")
+    cfg = load_config(path, ["train.steps=7", "head.type=cosface", "data.flip=false", "optim.decay_steps=[3, 5]"])
+    assert isinstance(cfg, Config)
+    assert cfg.model.embedding_size == 64 and cfg.optim.lr == 0.2
+    assert cfg.train.steps == 7 and cfg.head.type == "cosface" and cfg.data.flip is False
+    assert cfg.optim.decay_steps == [3, 5]
+    assert cfg.model.backbone == Config().model.backbone  # untouched keys keep the dataclass default
+    assert isinstance(load_config(path, ["optim.lr=1"]).optim.lr, float)  # ints widen to float
+
+
+@pytest.mark.parametrize("text, overrides, key", [
+    ("model:\n  embeding_size: 3\n", [], "model.embeding_size: unknown key"),
+    ("trian:\n  steps: 3\n", [], "trian: unknown key"),
+    ("", ["optim.lr=-0.1"], "optim.lr: must be > 0"),
+    ("", ["optim.lr=fast"], "optim.lr: expected a number"),
+    ("", ["model.embedding_size=0"], "model.embedding_size: must be > 0"),
+    ("", ["model.embedding_size=1.5"], "model.embedding_size: expected an integer"),
+    ("", ["data.flip=maybe"], "data.flip: expected true or false"),
+    ("", ["data.source=folder"], "data.path: required"),
+    ("", ["data.source=folder", "data.path=/no/such/dir"], "data.path: no such directory"),
+    ("", ["eval.pairs=/no/pairs.txt"], "eval.pairs: no such file"),
+    ("", ["model.backbone=resnet9000"], "model.backbone: unknown backbone"),
+    ("", ["head.type=magic"], "head.type: unknown head"),
+    ("", ["head.m1=0.5"], "head.m1: must be >= 1"),
+    ("", ["train.steps"], "--set 'train.steps': expected section.key=value"),
+    ("model: 3\n", [], "model: expected a mapping"),
+])
+def test_bad_values_name_the_key(tmp_path, text, overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), overrides)
+    assert str(err.value).startswith(key.split(":")[0]) and key in str(err.value)
+
+
+def test_missing_and_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "model: [\n"))
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--set", "optim.lr=-1"], "optim.lr"),
+    (["--set", "model.embedding_size=0"], "model.embedding_size"),
+    (["--set", "data.source=folder", "--set", "data.path=/missing"], "data.path"),
+    (["--set", "model.colour=blue"], "model.colour"),
+])
+def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, key):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "distface.train", "--set", f"train.out_dir={out}", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0]
+    assert not out.exists()
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
