@@ -1,5 +1,8 @@
 """Checkpoints: tf.train.CheckpointManager over the trainer's state, plus the resolved config beside them.
 
+Replicated state (backbone, replicated head, momentum, step, centers) is written once, by the chief, to
+`checkpoints/`. Sharded head blocks (and their momentum) are written under their global replica id by the process
+that holds them: the chief's blocks go with the rest, another process p writes `checkpoints/process<p>/`.
 CheckpointManager writes each checkpoint under a new name and updates its `checkpoint` index file last, so a
 write cut short is never picked up as the latest.
 """
@@ -35,13 +38,29 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def _block_items(trainer) -> dict:
+    """{"replica_<r>": {"<i>": this process's copy of sharded variable i for replica r}}."""
+    sharded = trainer.sharded_variables + trainer.optimizer.slots[len(trainer.replicated_variables):]
+    blocks: dict = {}
+    for index, var in enumerate(sharded):
+        for replica, component in trainer.engine.local_components(var).items():
+            blocks.setdefault(f"replica_{replica}", {})[str(index)] = component
+    return blocks
+
+
 def make_manager(trainer, run_dir: str | Path, max_to_keep: int = 3) -> tf.train.CheckpointManager:
-    items = dict(backbone=trainer.backbone, head=trainer.head, optimizer=trainer.optimizer, step=trainer.step)
-    if trainer.centers is not None:
-        items["centers"] = trainer.centers
-    ckpt = tf.train.Checkpoint(**items)
-    return tf.train.CheckpointManager(ckpt, str(checkpoint_dir(run_dir)), max_to_keep=max_to_keep,
-                                      step_counter=trainer.step)
+    """This process's checkpoint manager (see the module docstring for who writes what)."""
+    engine = trainer.engine
+    items = dict(head_blocks=_block_items(trainer))
+    directory = checkpoint_dir(run_dir)
+    if engine.is_chief:
+        items.update(backbone=trainer.backbone, step=trainer.step, head=list(trainer.head.replicated_variables),
+                     momentum=trainer.optimizer.slots[:len(trainer.replicated_variables)])
+        if trainer.centers is not None:
+            items["centers"] = trainer.centers
+    else:
+        directory = directory / f"process{engine.process_index}"
+    return tf.train.CheckpointManager(tf.train.Checkpoint(**items), str(directory), max_to_keep=max_to_keep)
 
 
 def restore_backbone(backbone, run_dir: str | Path) -> str:

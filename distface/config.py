@@ -40,7 +40,10 @@ class ModelConfig:
 
 @dataclass
 class HeadConfig:
-    type: str = "arcface"  # see distface.heads.margins.MARGINS
+    type: str = "arcface"  # see distface.heads.MARGINS
+    # sharded: each replica holds C/N classes (model parallel); replicated: every replica holds all C (data parallel)
+    sharding: str = "sharded"
+    sample_rate: float = 1.0  # Partial FC: fraction of each block's classes used per step (positives always)
     scale: float = 30.0
     m1: float = 1.0  # multiplicative angular margin (SphereFace)
     m2: float = 0.5  # additive angular margin (ArcFace)
@@ -80,7 +83,8 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000
     seed: int = 0
-    strategy: str = "single"
+    strategy: str = "auto"  # auto | single | mirrored | multiworker | horovod (see distface.parallel)
+    cpu_replicas: int = 0  # mirrored without GPUs: split the CPU into this many logical devices (tests, debug)
     out_dir: str = "runs/debug"
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
@@ -110,7 +114,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-STRATEGIES = ("single",)
 DATA_SOURCES = ("orl", "folder", "synthetic")
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -199,6 +202,7 @@ def validate(c: Config) -> None:
     """Impossible values stop the run before anything is written."""
     from distface.heads import MARGINS
     from distface.models import BACKBONES
+    from distface.parallel import STRATEGIES
 
     d = c.data
     _check(d.source in DATA_SOURCES, "data.source", f"must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
@@ -229,6 +233,9 @@ def validate(c: Config) -> None:
     _check(h.m2 >= 0.0, "head.m2", "must be >= 0")
     _check(h.m3 >= 0.0, "head.m3", "must be >= 0")
     _check(h.sphere_m >= 1, "head.sphere_m", "must be an integer >= 1")
+    _check(h.sharding in ("sharded", "replicated"), "head.sharding", "must be sharded or replicated")
+    _check(0.0 < h.sample_rate <= 1.0, "head.sample_rate", "must be in (0, 1]")
+    _check(h.sharding == "sharded" or h.sample_rate == 1.0, "head.sample_rate", "needs head.sharding: sharded")
     _check(h.margin_warmup_start >= 0, "head.margin_warmup_start", "must be >= 0")
     _check(h.margin_warmup_steps >= 0, "head.margin_warmup_steps", "must be >= 0")
 
@@ -252,6 +259,8 @@ def validate(c: Config) -> None:
     t = c.train
     _check(t.steps > 0, "train.steps", "must be > 0")
     _check(t.strategy in STRATEGIES, "train.strategy", f"must be one of {', '.join(STRATEGIES)}")
+    _check(t.cpu_replicas >= 0, "train.cpu_replicas", "must be >= 0")
+    _check(t.cpu_replicas == 0 or t.strategy == "mirrored", "train.cpu_replicas", "needs train.strategy: mirrored")
     _check(bool(t.out_dir), "train.out_dir", "must not be empty")
     _check(t.log_every > 0, "train.log_every", "must be > 0")
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0")

@@ -6,7 +6,7 @@ import tensorflow as tf
 from distface.config import OptimConfig
 
 
-class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+class WarmupSchedule:
     """Linear warm-up from 0 to `lr` over `warmup_steps`, then cosine to 0 at `total_steps`, step decay at
     `decay_steps` (multiplied by `decay_rate` at each), or constant."""
 
@@ -20,7 +20,7 @@ class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         self.decay_rate = float(decay_rate)
 
     def __call__(self, step):
-        # Keras passes the number of updates already applied; the first update uses step 0.
+        # `step` counts the updates already applied: the first update uses step 0.
         step = tf.cast(step, tf.float32)
         if self.schedule == "cosine":
             span = max(self.total_steps - self.warmup_steps, 1)
@@ -35,12 +35,40 @@ class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
             lr = tf.minimum(lr, self.lr * (step + 1.0) / self.warmup_steps)
         return lr
 
-    def get_config(self):
-        return dict(lr=self.lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
-                    schedule=self.schedule, decay_steps=self.decay_steps, decay_rate=self.decay_rate)
 
+class MomentumSGD(tf.Module):
+    """SGD with momentum and decoupled weight decay, the update Keras' SGD makes:
+    w <- w - lr*wd*w;  m <- momentum*m - lr*g;  w <- w + m.
 
-def build_optimizer(cfg: OptimConfig, total_steps: int, name: str = "sgd") -> tf.keras.optimizers.SGD:
-    schedule = WarmupSchedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.schedule, cfg.decay_steps, cfg.decay_rate)
-    return tf.keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay or None, name=name)
+    Our own because Keras 3 optimizers all-reduce gradients themselves under tf.distribute (after clipping, and
+    twice if we reduce too) and refuse per-replica (ON_READ) head blocks. Gradients arrive already reduced; the
+    engine applies the update on every replica's copy. The learning rate is a function of the trainer's step.
+    """
+
+    def __init__(self, cfg: OptimConfig, total_steps: int, engine):
+        super().__init__(name="optimizer")
+        self.schedule = WarmupSchedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.schedule, cfg.decay_steps,
+                                       cfg.decay_rate)
+        self.momentum = cfg.momentum
+        self.weight_decay = cfg.weight_decay
+        self.engine = engine
+        self.slots = []
+
+    def build(self, replicated, sharded) -> None:
+        """Momentum slots shaped and placed like their variables (a sharded block's slot is sharded too)."""
+        engine = self.engine
+        self.slots = [engine.replicated_variable(tf.zeros(v.shape, v.dtype), name="momentum") for v in replicated]
+        self.slots += [engine.sharded_variable(lambda r, v=v: tf.zeros(v.shape, v.dtype), name="momentum")
+                       for v in sharded]
+
+    def apply(self, grads, variables, step) -> None:
+        lr = self.schedule(step)
+        for grad, var, slot in zip(grads, variables, self.slots):
+            if grad is not None:
+                self.engine.update(var, self._update, slot, grad, lr)
+
+    def _update(self, var, slot, grad, lr):
+        if self.weight_decay:
+            var.assign_sub(lr * self.weight_decay * var)
+        slot.assign(self.momentum * slot - lr * tf.cast(grad, slot.dtype))
+        var.assign_add(slot)

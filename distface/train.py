@@ -47,11 +47,11 @@ class Session:
         from distface.checkpoint import checkpoint_dir, make_manager, save_config
         from distface.data.pipeline import train_dataset
         from distface.eval.runner import verification_set_from_config
-        from distface.heads.classifier import build_head
+        from distface.heads.sharded import build_head
         from distface.loop import Trainer
         from distface.models import build_backbone
         from distface.monitor import Monitor
-        from distface.optim import build_optimizer
+        from distface.optim import MomentumSGD
         from distface.parallel import build_engine
 
         self.cfg = cfg
@@ -59,7 +59,7 @@ class Session:
         if not resume and tf.train.latest_checkpoint(str(checkpoint_dir(self.out_dir))):
             raise ValueError(f"train.out_dir: {self.out_dir} already holds checkpoints; "
                              "pass --resume to continue or choose another train.out_dir")
-        self.engine = engine = build_engine(cfg.train.strategy)
+        self.engine = engine = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
         source, num_classes = train_source(cfg)
         if engine.is_chief:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -75,23 +75,25 @@ class Session:
         with engine.scope():
             backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size,
                                       cfg.model.dropout)
-            head = build_head(cfg.head, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
-            optimizer = build_optimizer(cfg.optim, cfg.train.steps)
-            self.trainer = Trainer(cfg, engine, backbone, head, optimizer, num_classes)
+        head = build_head(cfg.head, engine, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
+        optimizer = MomentumSGD(cfg.optim, cfg.train.steps, engine)
+        self.trainer = Trainer(cfg, engine, backbone, head, optimizer, num_classes)
         self.manager = make_manager(self.trainer, self.out_dir, cfg.train.keep_checkpoints)
         self.monitor = Monitor(str(self.out_dir / "tb"), cfg.train.steps, self.trainer.global_batch,
                                enabled=engine.is_chief, quiet=quiet)
         if resume and self.manager.latest_checkpoint:
             self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            self.monitor.say(f"resumed from {self.manager.latest_checkpoint} at step {int(self.trainer.step)}")
+            self.monitor.say(f"resumed from {self.manager.latest_checkpoint} at step {int(self.trainer.step.numpy())}")
         elif resume:
             self.monitor.say(f"--resume: no checkpoint in {checkpoint_dir(self.out_dir)}, starting at step 0")
+        # Distribution: replicas start from the chief's replicated state (head blocks stay per replica).
+        engine.broadcast_from_chief(self.trainer.replicated_state())
         if engine.is_chief:
             save_config(cfg, self.out_dir)
 
     def train(self) -> dict:
         cfg, trainer, monitor = self.cfg, self.trainer, self.monitor
-        start = int(trainer.step)
+        start = int(trainer.step.numpy())
         monitor.say(f"training {cfg.model.backbone} + {cfg.head.type} on {self.num_classes} identities | "
                     f"engine {self.engine.name} x{self.engine.num_replicas} | global batch "
                     f"{trainer.global_batch} | steps {start}..{cfg.train.steps} | out {self.out_dir}")
@@ -101,12 +103,12 @@ class Session:
             metrics = trainer.train_step(*next(self.dataset))
             if step % cfg.train.log_every == 0 or step == cfg.train.steps:
                 monitor.log_step(step, metrics, trainer.learning_rate())
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and self.engine.is_chief:
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                 self.manager.save(checkpoint_number=step)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
                 self.evaluate(step)
                 monitor.start(step)  # keep eval time out of the images/s figure
-        if self.engine.is_chief and self.manager.latest_checkpoint != self._checkpoint_path(cfg.train.steps):
+        if self.manager.latest_checkpoint != self._checkpoint_path(cfg.train.steps):
             self.manager.save(checkpoint_number=cfg.train.steps)
         monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
         result = self.evaluate(cfg.train.steps)

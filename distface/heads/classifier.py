@@ -1,13 +1,14 @@
-"""Identity head: a class-weight block W [C_block, d] and the margin function of the configured head type.
+"""The replicated (data-parallel) identity head, and the pieces every head shares.
 
-The block holds the contiguous global classes [class_start, class_start + C_block); with one replica it is the
-whole head. Labels outside the block are mapped to -1 ("target elsewhere"), which the margin functions expect,
-so the sharded head (one block per replica) reuses this class unchanged.
+Each replica holds the whole W [C, d] and classifies its own examples; W's gradient is reduced across replicas
+like the backbone's. It is the single-device head and the baseline the sharded head (sharded.py) is measured
+and tested against.
 """
 import tensorflow as tf
 
 from distface.config import HeadConfig
-from distface.heads.margins import make_margin
+from distface.heads.margins import make_margin, target_angles
+from distface.losses.cross_entropy import softmax_cross_entropy
 
 
 def margin_from_config(cfg: HeadConfig):
@@ -18,37 +19,39 @@ def margin_from_config(cfg: HeadConfig):
         warmup_steps=cfg.margin_warmup_steps)
 
 
-class ClassBlock(tf.Module):
-    def __init__(self, kind: str, margin_fn, block_size: int, embedding_size: int, class_start: int = 0,
-                 seed: int = 0, name: str = "head"):
-        super().__init__(name=name)
-        self.kind = kind
-        self.margin_fn = margin_fn
-        self.class_start = class_start
-        self.block_size = block_size
-        init = tf.random.stateless_normal([block_size, embedding_size], seed=[seed, class_start], stddev=0.01)
-        self.weight = tf.Variable(init, name="weight")
-        self.bias = tf.Variable(tf.zeros([block_size]), name="bias") if kind == "softmax" else None
-
-    def local_labels(self, labels: tf.Tensor) -> tf.Tensor:
-        local = tf.cast(labels, tf.int32) - self.class_start
-        return tf.where((local >= 0) & (local < self.block_size), local, -1)
-
-    def cosine(self, embeddings: tf.Tensor) -> tf.Tensor:
-        """Raw block scores: cos(x, w_j) for margin heads, x.w_j + b_j for plain softmax. Float32."""
-        x = tf.cast(embeddings, tf.float32)
-        if self.kind == "softmax":
-            return tf.matmul(x, self.weight, transpose_b=True) + self.bias
-        w = tf.math.l2_normalize(self.weight, axis=1)
-        return tf.clip_by_value(tf.matmul(tf.math.l2_normalize(x, axis=1), w, transpose_b=True), -1.0, 1.0)
-
-    def __call__(self, embeddings, labels, step):
-        """Logits [B, C_block] and the cosines they came from (for the angle statistics)."""
-        cosine = self.cosine(embeddings)
-        norms = tf.norm(tf.cast(embeddings, tf.float32), axis=1)
-        logits = self.margin_fn(cosine, self.local_labels(labels), norms, step)
-        return logits, cosine
+def initial_weight(rows: int, embedding_size: int, seed) -> tf.Tensor:
+    return tf.random.stateless_normal([rows, embedding_size], seed=seed, stddev=0.01)
 
 
-def build_head(cfg: HeadConfig, num_classes: int, embedding_size: int, seed: int = 0) -> ClassBlock:
-    return ClassBlock(cfg.type, margin_from_config(cfg), num_classes, embedding_size, seed=seed)
+def block_scores(kind: str, weight, bias, embeddings) -> tf.Tensor:
+    """[B, C_block] float32: cos(x, w_j) for margin heads, x.w_j + b_j for plain softmax."""
+    x = tf.cast(embeddings, tf.float32)
+    if kind == "softmax":
+        return tf.matmul(x, weight, transpose_b=True) + bias
+    cosine = tf.matmul(tf.math.l2_normalize(x, axis=1), tf.math.l2_normalize(weight, axis=1), transpose_b=True)
+    return tf.clip_by_value(cosine, -1.0, 1.0)
+
+
+def feature_norms(embeddings) -> tf.Tensor:
+    return tf.norm(tf.cast(embeddings, tf.float32), axis=1)
+
+
+class ReplicatedHead(tf.Module):
+    def __init__(self, cfg: HeadConfig, engine, num_classes: int, embedding_size: int, seed: int = 0):
+        super().__init__(name="head")
+        self.kind = cfg.type
+        self.margin_fn = margin_from_config(cfg)
+        self.num_classes = num_classes
+        self.weight = engine.replicated_variable(initial_weight(num_classes, embedding_size, [seed, 0]),
+                                                 name="weight", trainable=True)
+        self.bias = engine.replicated_variable(tf.zeros([num_classes]), name="bias", trainable=True) \
+            if self.kind == "softmax" else None
+        self.replicated_variables = [v for v in (self.weight, self.bias) if v is not None]
+        self.sharded_variables = []
+
+    def __call__(self, engine, embeddings, labels, step, label_smoothing: float = 0.0):
+        """Per-example loss of this replica's examples [b] and angle sums (see margins.target_angles)."""
+        labels = tf.cast(labels, tf.int32)
+        scores = block_scores(self.kind, self.weight, self.bias, embeddings)
+        logits = self.margin_fn(scores, labels, feature_norms(embeddings), step)
+        return softmax_cross_entropy(logits, labels, label_smoothing), target_angles(scores, labels)

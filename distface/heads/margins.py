@@ -188,15 +188,16 @@ def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 
 def target_angles(cosine: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """(Σ target θ°, #rows with label >= 0, Σ non-target θ°, #non-target entries), float32 scalars.
 
-    Sums and counts, so a sharded head can add them across replicas before dividing. This takes one
-    acos over the whole [B, C] block: call it on logging steps only.
+    Sums and counts, so a sharded head can add them across replicas before dividing. NaN entries (a sharded
+    block's padding columns) are left out. This takes one acos over the whole [B, C] block, a small cost next to
+    the matmul that made it.
     """
     cosine = tf.stop_gradient(_f32(cosine))
-    degrees = tf.acos(tf.clip_by_value(cosine, -1.0, 1.0)) * (180.0 / math.pi)
+    present = tf.logical_not(tf.math.is_nan(cosine))
+    degrees = tf.acos(tf.clip_by_value(tf.where(present, cosine, 0.0), -1.0, 1.0)) * (180.0 / math.pi)
     is_target = tf.one_hot(labels, tf.shape(cosine)[1], on_value=True, off_value=False,
                            dtype=tf.bool)  # a -1 row is all False
+    is_other = present & tf.logical_not(is_target)
     zeros = tf.zeros_like(degrees)
-    n_target = tf.reduce_sum(tf.cast(labels >= 0, tf.float32))
-    return (tf.reduce_sum(tf.where(is_target, degrees, zeros)), n_target,
-            tf.reduce_sum(tf.where(is_target, zeros, degrees)),
-            tf.cast(tf.size(degrees, out_type=tf.int64), tf.float32) - n_target)
+    return (tf.reduce_sum(tf.where(is_target, degrees, zeros)), tf.reduce_sum(tf.cast(labels >= 0, tf.float32)),
+            tf.reduce_sum(tf.where(is_other, degrees, zeros)), tf.reduce_sum(tf.cast(is_other, tf.float32)))

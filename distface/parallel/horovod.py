@@ -1,0 +1,81 @@
+"""Horovod engine: one process per replica, core horovod.tensorflow ops (allreduce, allgather, broadcast).
+
+Horovod's allgather gradient AVERAGES the upstream gradients across ranks, and its DistributedGradientTape and
+broadcast_variables fail on Keras 3 variables, so this engine states the gradients of its collectives itself
+(the convention of engine.py) and reduces and broadcasts plain tensors.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import horovod.tensorflow as hvd
+import tensorflow as tf
+
+from distface.parallel.engine import Engine
+
+
+class HorovodEngine(Engine):
+    name = "horovod"
+
+    def __init__(self):
+        hvd.init()
+
+    @property
+    def num_replicas(self) -> int:
+        return hvd.size()
+
+    @property
+    def is_chief(self) -> bool:
+        return hvd.rank() == 0
+
+    @property
+    def process_index(self) -> int:
+        return hvd.rank()
+
+    def replica_id(self):
+        return tf.constant(hvd.rank(), tf.int32)
+
+    def all_gather(self, x):
+        @tf.custom_gradient
+        def gather(x):
+            def grad(upstream):
+                # Sum over ranks, then keep this rank's rows (every rank has the same batch size: drop_remainder).
+                summed = hvd.allreduce(upstream, op=hvd.Sum)
+                rows = tf.shape(x)[0]
+                return summed[hvd.rank() * rows:(hvd.rank() + 1) * rows]
+
+            return hvd.allgather(x), grad
+
+        return gather(x)
+
+    def all_reduce_sum(self, x):
+        @tf.custom_gradient
+        def reduce(x):
+            return hvd.allreduce(x, op=hvd.Sum), lambda upstream: hvd.allreduce(upstream, op=hvd.Sum)
+
+        return reduce(x)
+
+    def all_reduce_max(self, x):
+        return hvd.allreduce(tf.stop_gradient(x), op=hvd.Max)
+
+    def reduce_gradients(self, grads):
+        present = [tf.convert_to_tensor(g) for g in grads if g is not None]
+        reduced = iter(hvd.grouped_allreduce(present, op=hvd.Sum) if present else [])
+        return [None if g is None else next(reduced) for g in grads]
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+    def run(self, fn, *args):
+        return fn(*args)
+
+    def scatter_sub_sum(self, var, slices):
+        # Every rank applies every rank's rows, so the replicas' updates add up as under SUM aggregation.
+        var.scatter_sub(tf.IndexedSlices(hvd.allgather(slices.values), hvd.allgather(slices.indices)))
+
+    def broadcast_from_chief(self, variables):
+        for var in variables:
+            var.assign(hvd.broadcast(tf.convert_to_tensor(var), root_rank=0))
+
+    def distribute_dataset(self, make_dataset):
+        return iter(make_dataset(hvd.size(), hvd.rank()))

@@ -1,0 +1,126 @@
+"""Engines over tf.distribute: MirroredStrategy (one process, N devices) and MultiWorkerMirroredStrategy
+(one process per worker, TF_CONFIG). Collectives run in the replica context; their gradients already follow
+the convention of engine.py (checked in tests/test_engines.py)."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from distface.parallel.engine import Engine
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+def _ctx():
+    return tf.distribute.get_replica_context()
+
+
+def _tf_variable(var):
+    """The tf.Variable behind a Keras 3 variable (the distributed container under a strategy)."""
+    return getattr(var, "value", var) if not isinstance(var, tf.Variable) else var
+
+
+class StrategyEngine(Engine):
+    def __init__(self, strategy: tf.distribute.Strategy, name: str):
+        self.strategy = strategy
+        self.name = name
+
+    @property
+    def num_replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def is_chief(self) -> bool:
+        return self.process_index == 0
+
+    @property
+    def process_index(self) -> int:
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        return (resolver.task_id or 0) if resolver is not None else 0
+
+    def local_components(self, var):
+        components = self.strategy.experimental_local_results(var)
+        first = self.process_index * len(components)  # every worker runs the same number of replicas
+        return {first + i: c for i, c in enumerate(components)}
+
+    def replica_id(self):
+        return tf.cast(_ctx().replica_id_in_sync_group, tf.int32)
+
+    def all_gather(self, x):
+        return _ctx().all_gather(x, axis=0)
+
+    def all_reduce_sum(self, x):
+        return _ctx().all_reduce(SUM, x)
+
+    def all_reduce_max(self, x):
+        # tf.distribute.ReduceOp has no MAX: gather the replicas' values and reduce here.
+        x = tf.stop_gradient(x)
+        return tf.reduce_max(_ctx().all_gather(x[tf.newaxis], axis=0), axis=0)
+
+    def reduce_gradients(self, grads):
+        present = [g for g in grads if g is not None]
+        reduced = iter(_ctx().all_reduce(SUM, present) if present else [])
+        return [None if g is None else next(reduced) for g in grads]
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def run(self, fn, *args):
+        return tf.nest.map_structure(lambda v: self.strategy.experimental_local_results(v)[0],
+                                     self.strategy.run(fn, args=args))
+
+    def local_results(self, value):
+        return list(self.strategy.experimental_local_results(value))
+
+    def sharded_variable(self, initial_value_fn, name, trainable=True):
+        # ON_READ: each device keeps its own component (the block) and updates it locally; trainable=True is
+        # needed for the tape to watch it. Components start equal, so each replica then writes its own block.
+        shape = tf.TensorShape(initial_value_fn(0).shape)
+        with self.strategy.scope():
+            var = tf.Variable(tf.zeros(shape), name=name, trainable=trainable,
+                              synchronization=tf.VariableSynchronization.ON_READ,
+                              aggregation=tf.VariableAggregation.NONE)
+        self.strategy.run(lambda: var.assign(initial_value_fn(self.replica_id())))
+        return var
+
+    def replicated_variable(self, initial_value, name, trainable=False, sum_updates=False):
+        aggregation = tf.VariableAggregation.SUM if sum_updates else tf.VariableAggregation.ONLY_FIRST_REPLICA
+        with self.strategy.scope():
+            return tf.Variable(initial_value, name=name, trainable=trainable, aggregation=aggregation)
+
+    def update(self, var, fn, *args):
+        var = _tf_variable(var)
+        if var.synchronization == tf.VariableSynchronization.ON_READ:
+            fn(var, *args)  # a sharded block: the replica updates its own component
+            return
+
+        def merge(strategy, *values):
+            strategy.extended.update(var, fn, args=values, group=False)
+
+        _ctx().merge_call(merge, args=args)
+
+    def scatter_sub_sum(self, var, slices):
+        var.scatter_sub(slices)  # the variable's SUM aggregation adds the replicas' updates
+
+    def distribute_dataset(self, make_dataset):
+        def dataset_fn(ctx: tf.distribute.InputContext):
+            return make_dataset(ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def split_cpu(num_devices: int) -> list[str]:
+    """Split the CPU into logical devices so MirroredStrategy can run N replicas without GPUs (tests, debug).
+    The split must happen before TensorFlow initialises its devices; an earlier split into enough is reused."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) < num_devices:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * num_devices)
+    return [f"/cpu:{i}" for i in range(num_devices)]
+
+
+def mirrored_engine(cpu_replicas: int = 0) -> StrategyEngine:
+    devices = split_cpu(cpu_replicas) if cpu_replicas else None
+    return StrategyEngine(tf.distribute.MirroredStrategy(devices), "mirrored")
+
+
+def multiworker_engine() -> StrategyEngine:
+    return StrategyEngine(tf.distribute.MultiWorkerMirroredStrategy(), "multiworker")
