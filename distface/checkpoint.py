@@ -54,7 +54,8 @@ def make_manager(trainer, run_dir: str | Path, max_to_keep: int = 3) -> tf.train
     items = dict(head_blocks=_block_items(trainer))
     directory = checkpoint_dir(run_dir)
     if engine.is_chief:
-        items.update(backbone=trainer.backbone, step=trainer.step, head=list(trainer.head.replicated_variables),
+        items.update(backbone=trainer.backbone, step=trainer.step,
+                     head=trainer.replicated_variables[len(trainer.backbone.trainable_variables):],
                      momentum=trainer.optimizer.slots[:len(trainer.replicated_variables)])
         if trainer.centers is not None:
             items["centers"] = trainer.centers

@@ -25,6 +25,9 @@ class DataConfig:
     synthetic_identities: int = 100
     synthetic_images_per_identity: int = 10
     batch_size: int = 32  # per replica
+    # Triplet training (loss.type: triplet): batches of P identities x K images; batch_size must be P*K.
+    identities_per_batch: int = 8
+    images_per_identity: int = 4
     shuffle_buffer: int = 10000
     flip: bool = True
     cache: bool = True
@@ -61,10 +64,15 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
+    type: str = "classification"  # classification (head + softmax CE) | triplet (no head)
     label_smoothing: float = 0.0
     center_weight: float = 0.0  # lambda of the center loss; 0 disables it
     center_alpha: float = 0.5
     center_variant: str = "paper"  # paper | facenet
+    triplet_margin: float = 0.2
+    triplet_distance: str = "squared_l2"  # squared_l2 | l2 | angular
+    triplet_mining: str = "semi_hard"  # semi_hard | batch_hard
+    triplet_cross_replica: bool = True  # mine negatives in the all-gathered global batch
 
 
 @dataclass
@@ -244,6 +252,19 @@ def validate(c: Config) -> None:
     _check(lo.center_weight >= 0.0, "loss.center_weight", "must be >= 0")
     _check(0.0 <= lo.center_alpha <= 1.0, "loss.center_alpha", "must be in [0, 1]")
     _check(lo.center_variant in ("paper", "facenet"), "loss.center_variant", "must be paper or facenet")
+    _check(lo.type in ("classification", "triplet"), "loss.type", "must be classification or triplet")
+    _check(lo.triplet_margin >= 0, "loss.triplet_margin", "must be >= 0")
+    _check(lo.triplet_distance in ("squared_l2", "l2", "angular"), "loss.triplet_distance",
+           "must be squared_l2, l2 or angular")
+    _check(lo.triplet_mining in ("semi_hard", "batch_hard"), "loss.triplet_mining", "must be semi_hard or batch_hard")
+    if lo.type == "triplet":
+        _check(d.source != "synthetic", "data.source", "triplet training reads image files (orl or folder)")
+        _check(d.identities_per_batch >= 2 and d.images_per_identity >= 2, "data.identities_per_batch",
+               "triplet batches need >= 2 identities x >= 2 images")
+        _check(d.batch_size == d.identities_per_batch * d.images_per_identity, "data.batch_size",
+               f"must equal identities_per_batch x images_per_identity = "
+               f"{d.identities_per_batch * d.images_per_identity} for loss.type: triplet")
+        _check(lo.center_weight == 0, "loss.center_weight", "center loss needs loss.type: classification")
 
     o = c.optim
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")

@@ -1,19 +1,21 @@
 """The training step: tape, per-replica partial loss, gradient reduction, clipping, update, statistics.
 
-The step follows the engine's gradient convention (distface/parallel/engine.py): each replica's loss is the sum
-of its own examples' losses over the GLOBAL batch; replicated gradients are summed across replicas, sharded
-(head block) gradients stay local.
+The step follows the engine's gradient convention (distface/parallel/engine.py): each replica's loss is its
+share of the global loss (its own examples' terms over the global count); replicated gradients are summed
+across replicas, sharded (head block) gradients stay local.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
 from distface.config import Config
-from distface.losses.center import center_loss, center_update, count_labels
+from distface.losses.center import center_loss, center_stats, center_update, count_labels
+from distface.losses.triplet import triplet_loss
 
 
 class Trainer(tf.Module):
-    """Owns the step counter, the centers and the update rule; backbone, head and optimizer are passed in."""
+    """Owns the step counter, the centers and the update rule; backbone, head and optimizer are passed in.
+    `head` is None for triplet training."""
 
     def __init__(self, cfg: Config, engine, backbone, head, optimizer, num_classes: int):
         super().__init__(name="trainer")
@@ -29,27 +31,58 @@ class Trainer(tf.Module):
             self.centers = engine.replicated_variable(tf.zeros([num_classes, cfg.model.embedding_size]),
                                                       name="centers", sum_updates=True)
         self.global_batch = cfg.data.batch_size * engine.num_replicas
-        self.replicated_variables = list(backbone.trainable_variables) + list(head.replicated_variables)
-        self.sharded_variables = list(head.sharded_variables)
+        head_replicated = head.replicated_variables if head is not None else []
+        self.replicated_variables = list(backbone.trainable_variables) + list(head_replicated)
+        self.sharded_variables = list(head.sharded_variables) if head is not None else []
         optimizer.build(self.replicated_variables, self.sharded_variables)
 
     def replicated_state(self) -> list:
         """Every variable that must be equal on all replicas (what a Horovod broadcast covers)."""
-        state = list(self.backbone.variables) + list(self.head.replicated_variables) + [self.step]
-        state += self.optimizer.slots[:len(self.replicated_variables)]
+        state = list(self.backbone.variables) + self.replicated_variables[len(self.backbone.trainable_variables):]
+        state += [self.step] + self.optimizer.slots[:len(self.replicated_variables)]
         return state + ([self.centers] if self.centers is not None else [])
+
+    def _classification(self, embeddings, labels):
+        """Partial loss and statistics {name: (numerator, denominator)}: each is reported as the ratio of the
+        sums over replicas. A replica's share of a global total has denominator 1/N."""
+        cfg = self.cfg
+        ce, angles = self.head(self.engine, embeddings, labels, self.step, cfg.loss.label_smoothing)
+        per_example = ce
+        share = 1.0 / self.engine.num_replicas
+        stats = {"loss/cross_entropy": (tf.reduce_sum(ce) / self.global_batch, share)}
+        if self.centers is not None:
+            center = center_loss(embeddings, labels, self.centers)
+            per_example = per_example + cfg.loss.center_weight * center
+            stats["loss/center"] = (tf.reduce_sum(center) / self.global_batch, share)
+            stats["center/mean_norm"] = (center_stats(self.centers), 1.0)
+        if self.head.kind != "softmax":
+            stats["angle/target_deg"] = angles[0:2]
+            stats["angle/nontarget_deg"] = angles[2:4]
+        return tf.reduce_sum(per_example) / self.global_batch, stats
+
+    def _triplet(self, embeddings, labels):
+        cfg, engine = self.cfg.loss, self.engine
+        embeddings = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
+        if cfg.triplet_cross_replica:
+            # Distribution: mine positives and negatives in the all-gathered global batch.
+            pool, pool_labels = engine.all_gather(embeddings), engine.all_gather(labels)
+            offset = engine.replica_id() * tf.shape(embeddings)[0]
+        else:
+            pool, pool_labels, offset = embeddings, labels, 0
+        t = triplet_loss(embeddings, labels, pool, pool_labels, offset, margin=cfg.triplet_margin,
+                         distance=cfg.triplet_distance, mining=cfg.triplet_mining)
+        pairs = tf.stop_gradient(engine.all_reduce_sum(tf.reduce_sum(t.num_pairs)))
+        loss = tf.reduce_sum(t.loss_sum) / tf.maximum(pairs, 1.0)
+        return loss, {"triplet/semi_hard_fraction": (tf.reduce_sum(t.num_semi_hard), tf.reduce_sum(t.num_pairs)),
+                      "triplet/pairs": (tf.reduce_sum(t.num_pairs), 1.0 / engine.num_replicas)}
 
     def _replica_step(self, images, labels):
         cfg, engine = self.cfg, self.engine
         variables = self.replicated_variables + self.sharded_variables
+        objective = self._triplet if cfg.loss.type == "triplet" else self._classification
         with tf.GradientTape() as tape:
             embeddings = self.backbone(images, training=True)
-            ce, angles = self.head(engine, embeddings, labels, self.step, cfg.loss.label_smoothing)
-            per_example = ce
-            if self.centers is not None:
-                center = center_loss(embeddings, labels, self.centers)
-                per_example = per_example + cfg.loss.center_weight * center
-            loss = tf.reduce_sum(per_example) / self.global_batch  # this replica's share of the global mean
+            loss, stats = objective(embeddings, labels)
         grads = tape.gradient(loss, variables)
         count = len(self.replicated_variables)
         grads = engine.reduce_gradients(grads[:count]) + grads[count:]
@@ -63,15 +96,10 @@ class Trainer(tf.Module):
                 embeddings, labels, self.centers, cfg.loss.center_alpha, counts, cfg.loss.center_variant))
         engine.update(self.step, lambda step: step.assign_add(1))
 
-        sums = {"loss": loss, "loss/cross_entropy": tf.reduce_sum(ce) / self.global_batch}
-        if self.centers is not None:
-            sums["loss/center"] = tf.reduce_sum(center) / self.global_batch
-        sums = {k: engine.all_reduce_sum(v) for k, v in sums.items()}
-        if self.head.kind != "softmax":
-            angles = engine.all_reduce_sum(tf.stack(angles))
-            sums["angle/target_deg"] = angles[0] / tf.maximum(angles[1], 1.0)
-            sums["angle/nontarget_deg"] = angles[2] / tf.maximum(angles[3], 1.0)
-        return sums
+        stats["loss"] = (loss, 1.0 / engine.num_replicas)
+        names = sorted(stats)
+        totals = engine.all_reduce_sum(tf.stack([tf.cast(v, tf.float32) for n in names for v in stats[n]]))
+        return {n: totals[2 * i] / tf.maximum(totals[2 * i + 1], 1e-12) for i, n in enumerate(names)}
 
     def _clip(self, grads, replicated_count):
         """Clip by the norm of the whole gradient: a sharded block holds only its rows' part of it."""

@@ -45,7 +45,6 @@ class Session:
         import tensorflow as tf
 
         from distface.checkpoint import checkpoint_dir, make_manager, save_config
-        from distface.data.pipeline import train_dataset
         from distface.eval.runner import verification_set_from_config
         from distface.heads.sharded import build_head
         from distface.loop import Trainer
@@ -64,10 +63,7 @@ class Session:
         if engine.is_chief:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.num_classes = num_classes
-        self.dataset = engine.distribute_dataset(lambda shards, index: train_dataset(
-            source, image_size=tuple(cfg.model.image_size), batch_size=cfg.data.batch_size, seed=cfg.train.seed,
-            shuffle_buffer=cfg.data.shuffle_buffer, flip=cfg.data.flip, num_shards=shards, shard_index=index,
-            cache=cfg.data.cache))
+        self.dataset = engine.distribute_dataset(lambda shards, index: training_batches(cfg, source, shards, index))
         self.vset = verification_set_from_config(cfg.eval, cfg.model.image_size, self.out_dir) \
             if engine.is_chief else None
 
@@ -75,7 +71,8 @@ class Session:
         with engine.scope():
             backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size,
                                       cfg.model.dropout)
-        head = build_head(cfg.head, engine, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
+        head = None if cfg.loss.type == "triplet" else \
+            build_head(cfg.head, engine, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
         optimizer = MomentumSGD(cfg.optim, cfg.train.steps, engine)
         self.trainer = Trainer(cfg, engine, backbone, head, optimizer, num_classes)
         self.manager = make_manager(self.trainer, self.out_dir, cfg.train.keep_checkpoints)
@@ -94,7 +91,8 @@ class Session:
     def train(self) -> dict:
         cfg, trainer, monitor = self.cfg, self.trainer, self.monitor
         start = int(trainer.step.numpy())
-        monitor.say(f"training {cfg.model.backbone} + {cfg.head.type} on {self.num_classes} identities | "
+        objective = "triplet" if trainer.head is None else f"{cfg.head.type} ({cfg.head.sharding} head)"
+        monitor.say(f"training {cfg.model.backbone} + {objective} on {self.num_classes} identities | "
                     f"engine {self.engine.name} x{self.engine.num_replicas} | global batch "
                     f"{trainer.global_batch} | steps {start}..{cfg.train.steps} | out {self.out_dir}")
         began = time.perf_counter()
@@ -131,6 +129,21 @@ class Session:
         with open(self.out_dir / "eval.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         return record
+
+
+def training_batches(cfg: Config, source, num_shards: int, shard_index: int):
+    """This shard's endless training batches: shuffled examples, or P x K identity-balanced for triplets."""
+    from distface.data.balanced import balanced_dataset
+    from distface.data.pipeline import train_dataset
+
+    d, size = cfg.data, tuple(cfg.model.image_size)
+    if cfg.loss.type == "triplet":
+        return balanced_dataset(source, identities_per_batch=d.identities_per_batch,
+                                images_per_identity=d.images_per_identity, image_size=size, seed=cfg.train.seed,
+                                flip=d.flip, num_shards=num_shards, shard_index=shard_index)
+    return train_dataset(source, image_size=size, batch_size=d.batch_size, seed=cfg.train.seed,
+                         shuffle_buffer=d.shuffle_buffer, flip=d.flip, num_shards=num_shards,
+                         shard_index=shard_index, cache=d.cache)
 
 
 def train_source(cfg: Config):

@@ -61,8 +61,10 @@ def build(engine, cfg: Config, problem: dict) -> Trainer:
         backbone = tf.keras.Sequential([tf.keras.Input((D_IN,)), tf.keras.layers.Dense(D)])
     backbone.layers[0].kernel.assign(problem["kernel"])
     backbone.layers[0].bias.assign(problem["bias"])
-    head = build_head(cfg.head, engine, num_classes, D)
-    if head.sharded_variables:
+    head = None if cfg.loss.type == "triplet" else build_head(cfg.head, engine, num_classes, D)
+    if head is None:
+        pass
+    elif head.sharded_variables:
         block = head.block
         padded = np.zeros((block * engine.num_replicas, D), np.float32)
         padded[:num_classes] = problem["weight"]
