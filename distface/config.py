@@ -98,6 +98,8 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    mixed_precision: str = "none"  # none | bfloat16 | float16 (backbone only; head, margins, losses in float32)
+    max_bad_steps: int = 10  # stop after this many consecutive steps with a non-finite loss or gradient
 
 
 @dataclass
@@ -191,6 +193,11 @@ def _coerce(value, kind, key: str):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -287,6 +294,9 @@ def validate(c: Config) -> None:
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0")
     _check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
     _check(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be > 0")
+    _check(t.mixed_precision in ("none", "bfloat16", "float16"), "train.mixed_precision",
+           "must be none, bfloat16 or float16")
+    _check(t.max_bad_steps > 0, "train.max_bad_steps", "must be > 0")
 
     e = c.eval
     if e.pairs:

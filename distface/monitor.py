@@ -51,6 +51,8 @@ class Monitor:
         values.update({"lr": lr, "throughput/images_per_sec": rate})
         self.scalars(step, values)
         angle = f" | θy {values['angle/target_deg']:.1f}°" if "angle/target_deg" in values else ""
+        if values.get("train/skipped_steps"):
+            angle += f" | skipped {values['train/skipped_steps']:.0f} non-finite"
         self.say(f"step {step:>6}/{self.total_steps} | loss {values['loss']:.4f}{angle} | lr {lr:.4g} | "
                  f"{rate:,.0f} img/s | eta {format_duration(eta)}")
 

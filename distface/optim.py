@@ -61,14 +61,17 @@ class MomentumSGD(tf.Module):
         self.slots += [engine.sharded_variable(lambda r, v=v: tf.zeros(v.shape, v.dtype), name="momentum")
                        for v in sharded]
 
-    def apply(self, grads, variables, step) -> None:
+    def apply(self, grads, variables, step, ok=True) -> None:
+        """One update; where `ok` is False (a non-finite step) every variable and slot keeps its value."""
         lr = self.schedule(step)
+        ok = tf.convert_to_tensor(ok)
         for grad, var, slot in zip(grads, variables, self.slots):
             if grad is not None:
-                self.engine.update(var, self._update, slot, grad, lr)
+                self.engine.update(var, self._update, slot, grad, lr, ok)
 
-    def _update(self, var, slot, grad, lr):
-        if self.weight_decay:
-            var.assign_sub(lr * self.weight_decay * var)
-        slot.assign(self.momentum * slot - lr * tf.cast(grad, slot.dtype))
-        var.assign_add(slot)
+    def _update(self, var, slot, grad, lr, ok):
+        # tf.where, not tf.cond: a conditional around MirroredStrategy's merge_call is not supported.
+        new_slot = self.momentum * slot - lr * tf.cast(grad, slot.dtype)
+        new_var = var - lr * self.weight_decay * var + new_slot
+        slot.assign(tf.where(ok, new_slot, slot))
+        var.assign(tf.where(ok, new_var, var))

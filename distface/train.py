@@ -6,6 +6,7 @@ with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -34,8 +35,30 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, OSError) as err:
         print(f"distface: {err}", file=sys.stderr)
         return 2
-    session.train()
+    try:
+        session.train()
+    except TrainingStopped as err:
+        print(f"distface: {err}", file=sys.stderr)
+        return 1
     return 0
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (diverged); the checkpoints on disk are good."""
+
+
+@contextlib.contextmanager
+def precision_policy(mode: str):
+    """Build the backbone under a Keras mixed-precision policy; heads and losses stay float32."""
+    import tensorflow as tf
+
+    previous = tf.keras.mixed_precision.global_policy()
+    if mode != "none":
+        tf.keras.mixed_precision.set_global_policy(f"mixed_{mode}")
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
 
 
 class Session:
@@ -68,7 +91,7 @@ class Session:
             if engine.is_chief else None
 
         tf.keras.utils.set_random_seed(cfg.train.seed)
-        with engine.scope():
+        with engine.scope(), precision_policy(cfg.train.mixed_precision):
             backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size,
                                       cfg.model.dropout)
         head = None if cfg.loss.type == "triplet" else \
@@ -99,9 +122,11 @@ class Session:
         monitor.start(start)
         for step in range(start + 1, cfg.train.steps + 1):
             metrics = trainer.train_step(*next(self.dataset))
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            checkpoint = cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps or checkpoint:
                 monitor.log_step(step, metrics, trainer.learning_rate())
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+                self._check_finite(metrics)
+            if checkpoint:
                 self.manager.save(checkpoint_number=step)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
                 self.evaluate(step)
@@ -112,6 +137,14 @@ class Session:
         result = self.evaluate(cfg.train.steps)
         monitor.close()
         return result
+
+    def _check_finite(self, metrics) -> None:
+        streak = int(metrics["train/bad_streak"])
+        if streak >= self.cfg.train.max_bad_steps:
+            raise TrainingStopped(
+                f"stopped: {streak} steps in a row had a non-finite loss or gradient (none of them changed the "
+                f"model); last good checkpoint: {self.manager.latest_checkpoint or 'none yet'}. Lower optim.lr "
+                f"or set optim.clip_norm.")
 
     def _checkpoint_path(self, step: int) -> str:
         return str(Path(self.manager.directory) / f"ckpt-{step}")

@@ -1,0 +1,55 @@
+"""Non-finite guard and mixed precision: a NaN batch is skipped everywhere (no variable changes, counted) and
+training goes on; bfloat16/float16 backbones train with float32 heads."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from equivalence import build, make_config, make_problem, per_replica
+from distface.config import load_config
+from distface.parallel.single import SingleEngine
+from distface.parallel.tfdist import mirrored_engine
+from distface.train import Session
+
+
+def snapshot(trainer):
+    state = trainer.replicated_variables + trainer.optimizer.slots
+    return [np.concatenate([np.ravel(c.numpy()) for c in trainer.engine.local_results(v)]) for v in state]
+
+
+@pytest.mark.parametrize("engine_name", ["single", "mirrored"])
+def test_nan_batch_is_skipped_and_training_continues(engine_name):
+    engine = SingleEngine() if engine_name == "single" else mirrored_engine(cpu_replicas=2)
+    problem = make_problem(10, 8, seed=2)
+    cfg = make_config("arcface", 8 // engine.num_replicas, "sharded", center_weight=0.1)
+    trainer = build(engine, cfg, problem)
+    good = per_replica(engine, problem["x"]), per_replica(engine, problem["labels"])
+    trainer.train_step(*good)
+    before = snapshot(trainer)
+    poisoned = problem["x"].copy()
+    poisoned[-1, 0] = np.nan  # one example, on the last replica only
+    metrics = trainer.train_step(per_replica(engine, poisoned), good[1])
+    assert np.isnan(float(metrics["loss"])) and float(metrics["train/skipped_steps"]) == 1
+    for a, b in zip(before, snapshot(trainer)):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(trainer.centers.numpy()).all()
+    metrics = trainer.train_step(*good)
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["train/bad_streak"]) == 0
+    assert any(not np.array_equal(a, b) for a, b in zip(before, snapshot(trainer)))
+    assert int(trainer.step.numpy()) == 3 and int(trainer.skipped.numpy()) == 1
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_step(tmp_path, precision):
+    cfg = load_config("configs/debug.yaml", [f"train.mixed_precision={precision}", f"train.out_dir={tmp_path}",
+                                             "model.image_size=[56, 48]", "data.batch_size=8"])
+    session = Session(cfg, quiet=True)
+    try:
+        losses = [float(session.trainer.train_step(*next(session.dataset))["loss"]) for _ in range(3)]
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(losses[-1])
+    assert session.trainer.backbone.layers[1].compute_dtype == precision
+    assert all(v.dtype == tf.float32 for v in session.trainer.head.sharded_variables)
+    assert all(v.dtype == tf.float32 for v in session.trainer.backbone.trainable_variables)
+    if precision == "float16":
+        assert float(session.trainer.loss_scale.numpy()) <= 2.0 ** 15
