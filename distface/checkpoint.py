@@ -1,21 +1,34 @@
-"""Checkpoints: tf.train.CheckpointManager over the trainer's state, plus the resolved config beside them.
+"""Checkpoints that survive a kill and a change of world size.
 
-Replicated state (backbone, replicated head, momentum, step, centers) is written once, by the chief, to
-`checkpoints/`. Sharded head blocks (and their momentum) are written under their global replica id by the process
-that holds them: the chief's blocks go with the rest, another process p writes `checkpoints/process<p>/`.
-CheckpointManager writes each checkpoint under a new name and updates its `checkpoint` index file last, so a
-write cut short is never picked up as the latest.
+Layout of `<run>/checkpoints/`:
+- `ckpt-<step>.*`: written by the chief: replicated state (backbone, replicated head, momentum, step, counters,
+  centers) and the head blocks the chief's replicas hold;
+- `process<p>/ckpt-<step>.*`: the head blocks (and their momentum) held by process p > 0 (Horovod ranks,
+  tf.distribute workers);
+- `manifest-<step>.json`: written by the chief last, after every process has saved: the class layout (classes,
+  world size, block size) and where each block lives. A checkpoint without its manifest is incomplete (cut by a
+  kill) and is never restored.
+
+Head blocks are stored under their global replica id with a known block size, so the head is addressable by
+global class id: a restore at another world size re-splits the rows (and their momentum) for its own blocks, and
+`python -m distface.checkpoint merge` writes the whole [C, d] head.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import yaml
 
 from distface.config import Config, load_config, to_dict
 
 CONFIG_NAME = "config.yaml"
+BLOCKS = "head_blocks"
 
 
 def save_config(cfg: Config, directory: str | Path) -> Path:
@@ -38,36 +51,167 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _block_items(trainer) -> dict:
-    """{"replica_<r>": {"<i>": this process's copy of sharded variable i for replica r}}."""
-    sharded = trainer.sharded_variables + trainer.optimizer.slots[len(trainer.replicated_variables):]
-    blocks: dict = {}
-    for index, var in enumerate(sharded):
-        for replica, component in trainer.engine.local_components(var).items():
-            blocks.setdefault(f"replica_{replica}", {})[str(index)] = component
-    return blocks
-
-
-def make_manager(trainer, run_dir: str | Path, max_to_keep: int = 3) -> tf.train.CheckpointManager:
-    """This process's checkpoint manager (see the module docstring for who writes what)."""
-    engine = trainer.engine
-    items = dict(head_blocks=_block_items(trainer))
+def complete_steps(run_dir: str | Path) -> list[int]:
+    """Steps whose checkpoint every process finished writing (those with a manifest), ascending."""
     directory = checkpoint_dir(run_dir)
-    if engine.is_chief:
-        items.update(backbone=trainer.backbone, step=trainer.step,
-                     head=trainer.replicated_variables[len(trainer.backbone.trainable_variables):],
-                     momentum=trainer.optimizer.slots[:len(trainer.replicated_variables)])
+    steps = [int(p.stem.split("-")[1]) for p in directory.glob("manifest-*.json")] if directory.is_dir() else []
+    return sorted(s for s in steps if Path(f"{directory}/ckpt-{s}.index").is_file())
+
+
+def read_manifest(run_dir: str | Path, step: int | None = None) -> dict:
+    steps = complete_steps(run_dir)
+    if not steps:
+        raise FileNotFoundError(f"{checkpoint_dir(run_dir)}: no complete checkpoint")
+    step = steps[-1] if step is None else step
+    manifest = json.loads((checkpoint_dir(run_dir) / f"manifest-{step}.json").read_text())
+    return manifest
+
+
+def _block_key(replica: int, index: int) -> str:
+    return f"{BLOCKS}/replica_{replica}/{index}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+class Checkpointer:
+    """Saves and restores one process's share of the trainer's state (see the module docstring)."""
+
+    def __init__(self, trainer, run_dir: str | Path, max_to_keep: int = 3):
+        self.trainer, self.engine = trainer, trainer.engine
+        self.run_dir = Path(run_dir)
+        slots = trainer.optimizer.slots
+        count = len(trainer.replicated_variables)
+        # Sharded state, in a fixed order: head block variables, then their momentum.
+        self.sharded = trainer.sharded_variables + slots[count:]
+        blocks: dict = {}
+        for index, var in enumerate(self.sharded):
+            for replica, component in self.engine.local_components(var).items():
+                blocks.setdefault(f"replica_{replica}", {})[str(index)] = component
+        self.replicated = dict(backbone=trainer.backbone, step=trainer.step, counters=trainer.counters(),
+                               head=trainer.replicated_variables[len(trainer.backbone.trainable_variables):],
+                               momentum=slots[:count])
         if trainer.centers is not None:
-            items["centers"] = trainer.centers
-    else:
-        directory = directory / f"process{engine.process_index}"
-    return tf.train.CheckpointManager(tf.train.Checkpoint(**items), str(directory), max_to_keep=max_to_keep)
+            self.replicated["centers"] = trainer.centers
+        items = {BLOCKS: blocks, **(self.replicated if self.engine.is_chief else {})}
+        directory = checkpoint_dir(run_dir)
+        if not self.engine.is_chief:
+            directory = directory / f"process{self.engine.process_index}"
+        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**items), str(directory),
+                                                  max_to_keep=max_to_keep)
+
+    def layout(self) -> dict:
+        head = self.trainer.head
+        block = getattr(head, "block", None)
+        return {"num_classes": self.trainer.num_classes, "embedding_size": self.trainer.cfg.model.embedding_size,
+                "head": None if head is None else head.kind, "world_size": self.engine.num_replicas,
+                "block_size": block, "sharded_variables": len(self.sharded)}
+
+    def save(self, step: int) -> None:
+        self.manager.save(checkpoint_number=step)
+        self.engine.barrier()  # every process has written its blocks before the manifest says so
+        if not self.engine.is_chief:
+            return
+        directory = checkpoint_dir(self.run_dir)
+        processes = self.engine.num_processes
+        locations = {p: f"ckpt-{step}" if p == 0 else f"process{p}/ckpt-{step}" for p in range(processes)}
+        per_process = self.engine.num_replicas // processes
+        manifest = {"step": step, **self.layout(),
+                    "blocks": {str(r): locations[r // per_process] for r in range(self.engine.num_replicas)}}
+        tmp = directory / f".manifest-{step}.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, directory / f"manifest-{step}.json")
+        kept = {int(Path(p).name.split("-")[1]) for p in self.manager.checkpoints}
+        for old in directory.glob("manifest-*.json"):
+            if int(old.stem.split("-")[1]) not in kept:
+                old.unlink()
+
+    def restore(self, step: int | None = None) -> int:
+        """Restore the latest complete checkpoint (or `step`) at this world size; returns its step."""
+        manifest = read_manifest(self.run_dir, step)
+        self._check_compatible(manifest)
+        directory = checkpoint_dir(self.run_dir)
+        main = str(directory / f"ckpt-{manifest['step']}")
+        status = tf.train.Checkpoint(**self.replicated).restore(main).expect_partial()
+        status.assert_existing_objects_matched()
+        self._restore_blocks(manifest)
+        return manifest["step"]
+
+    def _check_compatible(self, manifest: dict) -> None:
+        for key, now in self.layout().items():
+            if key in ("world_size", "block_size"):
+                continue
+            if manifest.get(key) != now:
+                raise ValueError(f"checkpoint {self.run_dir}: saved with {key} = {manifest.get(key)!r}, "
+                                 f"this config has {now!r}")
+
+    def _restore_blocks(self, manifest: dict) -> None:
+        """Fill this process's blocks from the saved blocks by global class id (any world size)."""
+        if not self.sharded:
+            return
+        old_block, classes = manifest["block_size"], manifest["num_classes"]
+        directory = checkpoint_dir(self.run_dir)
+        readers = {}
+
+        def rows(index: int, start: int, stop: int) -> np.ndarray:
+            parts = []
+            for old in range(start // old_block, (stop - 1) // old_block + 1):
+                location = manifest["blocks"][str(old)]
+                if location not in readers:
+                    readers[location] = tf.train.load_checkpoint(str(directory / location))
+                tensor = readers[location].get_tensor(_block_key(old, index))
+                lo = max(start - old * old_block, 0)
+                parts.append(tensor[lo:min(stop - old * old_block, old_block)])
+            return np.concatenate(parts)
+
+        for index, var in enumerate(self.sharded):
+            for replica, component in self.engine.local_components(var).items():
+                size = component.shape[0]
+                start = replica * size
+                value = np.zeros(component.shape, component.dtype.as_numpy_dtype)
+                stop = min(start + size, classes)
+                if stop > start:
+                    value[:stop - start] = rows(index, start, stop)
+                component.assign(value)
+
+
+def merge_head(run_dir: str | Path, step: int | None = None) -> dict:
+    """The whole head of a checkpoint by global class id: {"weight": [C, d], "bias": [C] (softmax)}."""
+    manifest = read_manifest(run_dir, step)
+    directory = checkpoint_dir(run_dir)
+    names = ["weight", "bias"][:1 + (manifest["head"] == "softmax")]
+    out = {}
+    for index, name in enumerate(names):
+        blocks = [tf.train.load_checkpoint(str(directory / manifest["blocks"][str(r)])).get_tensor(_block_key(r, index))
+                  for r in range(manifest["world_size"])]
+        out[name] = np.concatenate(blocks)[:manifest["num_classes"]]
+    return out
 
 
 def restore_backbone(backbone, run_dir: str | Path) -> str:
-    """Load only the backbone weights of the latest checkpoint of a run (for evaluation and export)."""
-    latest = tf.train.latest_checkpoint(str(checkpoint_dir(run_dir)))
-    if latest is None:
-        raise FileNotFoundError(f"{checkpoint_dir(run_dir)}: no checkpoint found")
-    tf.train.Checkpoint(backbone=backbone).restore(latest).expect_partial().assert_existing_objects_matched()
-    return latest
+    """Load only the backbone weights of the latest complete checkpoint (for evaluation and export)."""
+    manifest = read_manifest(run_dir)
+    path = str(checkpoint_dir(run_dir) / f"ckpt-{manifest['step']}")
+    tf.train.Checkpoint(backbone=backbone).restore(path).expect_partial().assert_existing_objects_matched()
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distface.checkpoint", description="checkpoint tools")
+    sub = p.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("merge", help="write a checkpoint's head as one [C, d] array (npz, by class id)")
+    merge.add_argument("run_dir")
+    merge.add_argument("--out", required=True, help="output .npz")
+    merge.add_argument("--step", type=int, help="default: the latest complete checkpoint")
+    args = p.parse_args(argv)
+    try:
+        arrays = merge_head(args.run_dir, args.step)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"distface: {err}", file=sys.stderr)
+        return 2
+    tmp = f"{args.out}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in arrays.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,8 +19,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    source: str = "orl"  # orl | folder | synthetic
-    path: str = ""  # image root for source=folder (one sub-folder per identity)
+    source: str = "orl"  # orl | folder | recordio | tfrecord | synthetic
+    # folder: image root, one sub-folder per identity; recordio: folder with train.rec/.idx (or the .rec);
+    # tfrecord: a .tfrecord file, a folder of them or a glob
+    path: str = ""
     train_identities: list[int] = field(default_factory=lambda: list(range(1, 31)))  # ORL s1..s30
     synthetic_identities: int = 100
     synthetic_images_per_identity: int = 10
@@ -30,7 +32,7 @@ class DataConfig:
     images_per_identity: int = 4
     shuffle_buffer: int = 10000
     flip: bool = True
-    cache: bool = True
+    cache: bool = True  # keep decoded images in memory (small sets; turn off for large .rec/.tfrecord)
 
 
 @dataclass
@@ -107,6 +109,7 @@ class EvalConfig:
     pairs: str = ""  # LFW-format pairs file; empty: ORL s31..s40 pairs written to out_dir
     images: str = ""  # image root the pairs refer to; empty: the ORL folder
     identities: list[int] = field(default_factory=lambda: list(range(31, 41)))  # ORL ids for the default pairs
+    bin_sets: list[str] = field(default_factory=list)  # insightface .bin sets (lfw.bin, cfp_fp.bin, ...)
     folds: int = 10
     flip: bool = True  # average the embeddings of the image and its mirror
     batch_size: int = 64
@@ -124,7 +127,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-DATA_SOURCES = ("orl", "folder", "synthetic")
+DATA_SOURCES = ("orl", "folder", "recordio", "tfrecord", "synthetic")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -221,9 +224,12 @@ def validate(c: Config) -> None:
 
     d = c.data
     _check(d.source in DATA_SOURCES, "data.source", f"must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
+    if d.source in ("folder", "recordio", "tfrecord"):
+        _check(bool(d.path), "data.path", f"required when data.source is {d.source}")
     if d.source == "folder":
-        _check(bool(d.path), "data.path", "required when data.source is folder")
         _check(Path(d.path).is_dir(), "data.path", f"no such directory: {d.path}")
+    if d.source == "recordio":
+        _check(Path(d.path).exists(), "data.path", f"no such file or directory: {d.path}")
     if d.source == "orl":
         _check(bool(d.train_identities), "data.train_identities", "must not be empty")
         _check(all(1 <= i <= 40 for i in d.train_identities), "data.train_identities", "ORL ids are 1..40")
@@ -265,7 +271,7 @@ def validate(c: Config) -> None:
            "must be squared_l2, l2 or angular")
     _check(lo.triplet_mining in ("semi_hard", "batch_hard"), "loss.triplet_mining", "must be semi_hard or batch_hard")
     if lo.type == "triplet":
-        _check(d.source != "synthetic", "data.source", "triplet training reads image files (orl or folder)")
+        _check(d.source in ("orl", "folder"), "data.source", "triplet training reads image folders (orl or folder)")
         _check(d.identities_per_batch >= 2 and d.images_per_identity >= 2, "data.identities_per_batch",
                "triplet batches need >= 2 identities x >= 2 images")
         _check(d.batch_size == d.identities_per_batch * d.images_per_identity, "data.batch_size",
@@ -307,5 +313,7 @@ def validate(c: Config) -> None:
     if not e.pairs:
         _check(len(e.identities) >= 2 and all(1 <= i <= 40 for i in e.identities), "eval.identities",
                "needs at least 2 ORL ids in 1..40")
+    for i, path in enumerate(e.bin_sets):
+        _check(Path(path).is_file(), f"eval.bin_sets[{i}]", f"no such file: {path}")
     _check(e.folds >= 2, "eval.folds", "must be >= 2")
     _check(e.batch_size > 0, "eval.batch_size", "must be > 0")

@@ -41,17 +41,23 @@ class Trainer(tf.Module):
             self.loss_scale = engine.replicated_variable(tf.constant(2.0 ** 15), name="loss_scale")
             self.good_steps = engine.replicated_variable(tf.constant(0, tf.int64), name="good_steps")
         self.global_batch = cfg.data.batch_size * engine.num_replicas
+        self.num_classes = num_classes
         head_replicated = head.replicated_variables if head is not None else []
         self.replicated_variables = list(backbone.trainable_variables) + list(head_replicated)
         self.sharded_variables = list(head.sharded_variables) if head is not None else []
         optimizer.build(self.replicated_variables, self.sharded_variables)
 
+    def counters(self) -> dict:
+        """Step-by-step state besides parameters, saved with them so a resume continues exactly."""
+        counters = {"skipped": self.skipped, "bad_streak": self.bad_streak}
+        if self.loss_scale is not None:
+            counters.update(loss_scale=self.loss_scale, good_steps=self.good_steps)
+        return counters
+
     def replicated_state(self) -> list:
         """Every variable that must be equal on all replicas (what a Horovod broadcast covers)."""
         state = list(self.backbone.variables) + self.replicated_variables[len(self.backbone.trainable_variables):]
-        state += [self.step, self.skipped, self.bad_streak] + self.optimizer.slots[:len(self.replicated_variables)]
-        if self.loss_scale is not None:
-            state += [self.loss_scale, self.good_steps]
+        state += [self.step, *self.counters().values()] + self.optimizer.slots[:len(self.replicated_variables)]
         return state + ([self.centers] if self.centers is not None else [])
 
     def _classification(self, embeddings, labels):

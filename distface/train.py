@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -67,8 +68,8 @@ class Session:
     def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False):
         import tensorflow as tf
 
-        from distface.checkpoint import checkpoint_dir, make_manager, save_config
-        from distface.eval.runner import verification_set_from_config
+        from distface.checkpoint import Checkpointer, checkpoint_dir, complete_steps, save_config
+        from distface.eval.runner import verification_sets
         from distface.heads.sharded import build_head
         from distface.loop import Trainer
         from distface.models import build_backbone
@@ -78,7 +79,7 @@ class Session:
 
         self.cfg = cfg
         self.out_dir = Path(cfg.train.out_dir)
-        if not resume and tf.train.latest_checkpoint(str(checkpoint_dir(self.out_dir))):
+        if not resume and checkpoint_dir(self.out_dir).is_dir() and any(checkpoint_dir(self.out_dir).iterdir()):
             raise ValueError(f"train.out_dir: {self.out_dir} already holds checkpoints; "
                              "pass --resume to continue or choose another train.out_dir")
         self.engine = engine = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
@@ -86,9 +87,7 @@ class Session:
         if engine.is_chief:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.num_classes = num_classes
-        self.dataset = engine.distribute_dataset(lambda shards, index: training_batches(cfg, source, shards, index))
-        self.vset = verification_set_from_config(cfg.eval, cfg.model.image_size, self.out_dir) \
-            if engine.is_chief else None
+        self.vsets = verification_sets(cfg.eval, cfg.model.image_size, self.out_dir) if engine.is_chief else []
 
         tf.keras.utils.set_random_seed(cfg.train.seed)
         with engine.scope(), precision_policy(cfg.train.mixed_precision):
@@ -98,20 +97,26 @@ class Session:
             build_head(cfg.head, engine, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
         optimizer = MomentumSGD(cfg.optim, cfg.train.steps, engine)
         self.trainer = Trainer(cfg, engine, backbone, head, optimizer, num_classes)
-        self.manager = make_manager(self.trainer, self.out_dir, cfg.train.keep_checkpoints)
+        self.checkpointer = Checkpointer(self.trainer, self.out_dir, cfg.train.keep_checkpoints)
         self.monitor = Monitor(str(self.out_dir / "tb"), cfg.train.steps, self.trainer.global_batch,
                                enabled=engine.is_chief, quiet=quiet)
-        if resume and self.manager.latest_checkpoint:
-            self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            self.monitor.say(f"resumed from {self.manager.latest_checkpoint} at step {int(self.trainer.step.numpy())}")
+        if resume and complete_steps(self.out_dir):
+            step = self.checkpointer.restore()
+            self.monitor.say(f"resumed from {checkpoint_dir(self.out_dir)}/ckpt-{step} at step {step}")
         elif resume:
-            self.monitor.say(f"--resume: no checkpoint in {checkpoint_dir(self.out_dir)}, starting at step 0")
+            self.monitor.say(f"--resume: no complete checkpoint in {checkpoint_dir(self.out_dir)}, starting at step 0")
         # Distribution: replicas start from the chief's replicated state (head blocks stay per replica).
         engine.broadcast_from_chief(self.trainer.replicated_state())
         if engine.is_chief:
             save_config(cfg, self.out_dir)
+        # Exact resume: the data stream is a function of the seed, so skip the batches already trained on.
+        consumed = int(self.trainer.step.numpy()) * (engine.num_replicas // engine.num_processes)
+        self.dataset = engine.distribute_dataset(
+            lambda shards, index: training_batches(cfg, source, shards, index).skip(consumed))
 
     def train(self) -> dict:
+        from distface.checkpoint import complete_steps
+
         cfg, trainer, monitor = self.cfg, self.trainer, self.monitor
         start = int(trainer.step.numpy())
         objective = "triplet" if trainer.head is None else f"{cfg.head.type} ({cfg.head.sharding} head)"
@@ -127,41 +132,41 @@ class Session:
                 monitor.log_step(step, metrics, trainer.learning_rate())
                 self._check_finite(metrics)
             if checkpoint:
-                self.manager.save(checkpoint_number=step)
+                self.checkpointer.save(step)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
                 self.evaluate(step)
                 monitor.start(step)  # keep eval time out of the images/s figure
-        if self.manager.latest_checkpoint != self._checkpoint_path(cfg.train.steps):
-            self.manager.save(checkpoint_number=cfg.train.steps)
+        if cfg.train.steps not in complete_steps(self.out_dir):
+            self.checkpointer.save(cfg.train.steps)
         monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
         result = self.evaluate(cfg.train.steps)
         monitor.close()
         return result
 
     def _check_finite(self, metrics) -> None:
+        from distface.checkpoint import complete_steps
+
         streak = int(metrics["train/bad_streak"])
         if streak >= self.cfg.train.max_bad_steps:
             raise TrainingStopped(
                 f"stopped: {streak} steps in a row had a non-finite loss or gradient (none of them changed the "
-                f"model); last good checkpoint: {self.manager.latest_checkpoint or 'none yet'}. Lower optim.lr "
+                f"model); last good checkpoint: step {(complete_steps(self.out_dir) or ['none yet'])[-1]}. Lower optim.lr "
                 f"or set optim.clip_norm.")
 
-    def _checkpoint_path(self, step: int) -> str:
-        return str(Path(self.manager.directory) / f"ckpt-{step}")
-
-    def evaluate(self, step: int) -> dict:
+    def evaluate(self, step: int) -> list[dict]:
+        """Verify on every configured set; one line each, TensorBoard scalars, a record in eval.jsonl."""
         from distface.eval.runner import evaluate_backbone, format_result
 
-        if not self.engine.is_chief:
-            return {}
-        result = evaluate_backbone(self.trainer.backbone, self.vset, self.cfg.eval)
-        self.monitor.say(f"eval step {step} | {format_result(self.vset.name, result)}")
-        values = {"accuracy": result.accuracy, "val": result.val, "auc": result.auc, "eer": result.eer}
-        self.monitor.scalars(step, {f"eval/{self.vset.name}/{k}": v for k, v in values.items()})
-        record = {"step": step, "pairs": self.vset.name, **result.__dict__}
-        with open(self.out_dir / "eval.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        return record
+        records = []
+        for vset in self.vsets:
+            result = evaluate_backbone(self.trainer.backbone, vset, self.cfg.eval)
+            self.monitor.say(f"eval step {step} | {format_result(vset.name, result)}")
+            values = {"accuracy": result.accuracy, "val": result.val, "auc": result.auc, "eer": result.eer}
+            self.monitor.scalars(step, {f"eval/{vset.name}/{k}": v for k, v in values.items()})
+            records.append({"step": step, "pairs": vset.name, **dataclasses.asdict(result)})
+            with open(self.out_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps(records[-1]) + "\n")
+        return records
 
 
 def training_batches(cfg: Config, source, num_shards: int, shard_index: int):
@@ -192,6 +197,16 @@ def train_source(cfg: Config):
     if d.source == "folder":
         images = scan_identity_folders(d.path)
         return images, images.num_classes
+    if d.source == "recordio":
+        from distface.data.recordio import RecordIOSource
+
+        records = RecordIOSource(d.path)
+        return records, records.num_classes
+    if d.source == "tfrecord":
+        from distface.data.tfrecord import TFRecordSource
+
+        records = TFRecordSource(d.path)
+        return records, records.num_classes
     arrays = synthetic_images(d.synthetic_identities, d.synthetic_images_per_identity,
                                       tuple(cfg.model.image_size), seed=cfg.train.seed)
     return arrays, d.synthetic_identities

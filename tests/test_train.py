@@ -67,3 +67,33 @@ def test_eval_cli_reproduces_the_final_eval(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "distface.eval", "--checkpoint", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not a distface run directory" in missing.stderr
+
+
+def test_train_from_recordio_and_eval_on_bin_set(tmp_path):
+    """The insightface formats end to end: ORL s1..s30 packed to .rec, the eval pairs packed to .bin; the
+    .bin evaluation equals the pairs-file evaluation of the same model."""
+    from distface.data.orl import orl_root
+    from distface.eval.runner import orl_pairs_file
+
+    folder = tmp_path / "orl30"
+    folder.mkdir()
+    for i in range(1, 31):
+        (folder / f"s{i}").symlink_to(orl_root() / f"s{i}")
+    data = [sys.executable, "-m", "distface.data"]
+    pack = subprocess.run([*data, "pack", str(folder), str(tmp_path / "train.rec"), "--extensions", ".pgm",
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert pack.returncode == 0, pack.stderr
+    pairs = orl_pairs_file(load_config("configs/debug.yaml").eval, tmp_path)
+    binset = subprocess.run([*data, "bin", str(pairs), str(orl_root()), str(tmp_path / "orl_pairs.bin"), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert binset.returncode == 0, binset.stderr
+    out = tmp_path / "run"
+    run = cli(f"--set=train.out_dir={out}", "--set=train.steps=3", "--set=data.source=recordio",
+              f"--set=data.path={tmp_path}", f"--set=eval.bin_sets=[{tmp_path / 'orl_pairs.bin'}]",
+              *(f"--set={s}" for s in FAST))
+    assert run.returncode == 0, run.stderr
+    assert "on 30 identities" in run.stdout
+    pairs_eval, bin_eval = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert (pairs_eval["pairs"], bin_eval["pairs"]) == ("pairs", "orl_pairs")
+    for key in ("accuracy", "auc", "eer", "val"):
+        assert bin_eval[key] == pytest.approx(pairs_eval[key], abs=1e-12)

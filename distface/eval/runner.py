@@ -45,6 +45,14 @@ def verification_set_from_config(cfg: EvalConfig, image_size, out_dir: str | Pat
     return load_verification_set(orl_pairs_file(cfg, out_dir), cfg.images or orl_root(), image_size)
 
 
+def verification_sets(cfg: EvalConfig, image_size, out_dir: str | Path) -> list[VerificationSet]:
+    """The pairs set of the eval section (ORL pairs by default) and every insightface .bin set."""
+    from distface.data.binset import load_bin_indexed
+
+    sets = [verification_set_from_config(cfg, image_size, out_dir)]
+    return sets + [VerificationSet(Path(p).stem, *load_bin_indexed(p, image_size)) for p in cfg.bin_sets]
+
+
 def embed(backbone, images: np.ndarray, batch_size: int = 64, flip: bool = True) -> np.ndarray:
     """L2-normalised embeddings; with `flip`, of the sum of the image's and its mirror's embeddings."""
     out = []

@@ -76,6 +76,13 @@ class Engine(abc.ABC):
         """This process's index among the job's processes (0 is the chief)."""
         return 0
 
+    @property
+    def num_processes(self) -> int:
+        return 1
+
+    def barrier(self) -> None:
+        """Return once every process has reached this point."""
+
     def local_components(self, var) -> dict:
         """{global replica id: this process's copy of a sharded variable for that replica}."""
         return {int(self.replica_id()): var}

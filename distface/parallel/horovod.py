@@ -32,6 +32,13 @@ class HorovodEngine(Engine):
     def process_index(self) -> int:
         return hvd.rank()
 
+    @property
+    def num_processes(self) -> int:
+        return hvd.size()
+
+    def barrier(self) -> None:
+        hvd.allreduce(tf.constant(0.0), op=hvd.Sum, name="distface_barrier")
+
     def replica_id(self):
         return tf.constant(hvd.rank(), tf.int32)
 

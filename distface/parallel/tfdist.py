@@ -37,6 +37,14 @@ class StrategyEngine(Engine):
         resolver = getattr(self.strategy, "cluster_resolver", None)
         return (resolver.task_id or 0) if resolver is not None else 0
 
+    @property
+    def num_processes(self) -> int:
+        return self.num_replicas // len(self.strategy.extended.worker_devices)
+
+    def barrier(self) -> None:
+        if self.num_processes > 1:
+            self.strategy.run(lambda: _ctx().all_reduce(SUM, tf.constant(0.0)))
+
     def local_components(self, var):
         components = self.strategy.experimental_local_results(var)
         first = self.process_index * len(components)  # every worker runs the same number of replicas
@@ -46,7 +54,9 @@ class StrategyEngine(Engine):
         return tf.cast(_ctx().replica_id_in_sync_group, tf.int32)
 
     def all_gather(self, x):
-        return _ctx().all_gather(x, axis=0)
+        # MultiWorkerMirroredStrategy gathers to the input's device, and a step input (the labels) has none in
+        # the traced graph ("destinations can not be empty"): tf.identity places it on this replica's device.
+        return _ctx().all_gather(tf.identity(x), axis=0)
 
     def all_reduce_sum(self, x):
         return _ctx().all_reduce(SUM, x)
