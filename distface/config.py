@@ -32,6 +32,7 @@ class DataConfig:
     images_per_identity: int = 4
     shuffle_buffer: int = 10000
     flip: bool = True
+    bad_images: str = "fail"  # fail: stop naming the first broken image file; skip: leave such files out, counted
     cache: bool = True  # keep decoded images in memory (small sets; turn off for large .rec/.tfrecord)
 
 
@@ -237,6 +238,7 @@ def validate(c: Config) -> None:
         _check(d.synthetic_identities >= 2, "data.synthetic_identities", "must be >= 2")
         _check(d.synthetic_images_per_identity >= 1, "data.synthetic_images_per_identity", "must be >= 1")
     _check(d.batch_size > 0, "data.batch_size", "must be > 0")
+    _check(d.bad_images in ("fail", "skip"), "data.bad_images", "must be fail or skip")
     _check(d.shuffle_buffer > 0, "data.shuffle_buffer", "must be > 0")
 
     m = c.model

@@ -112,7 +112,7 @@ class Session:
         # Exact resume: the data stream is a function of the seed, so skip the batches already trained on.
         consumed = int(self.trainer.step.numpy()) * (engine.num_replicas // engine.num_processes)
         self.dataset = engine.distribute_dataset(
-            lambda shards, index: training_batches(cfg, source, shards, index).skip(consumed))
+            lambda shards, index: training_batches(cfg, source, shards, index, consumed))
 
     def train(self) -> dict:
         from distface.checkpoint import complete_steps
@@ -169,8 +169,9 @@ class Session:
         return records
 
 
-def training_batches(cfg: Config, source, num_shards: int, shard_index: int):
-    """This shard's endless training batches: shuffled examples, or P x K identity-balanced for triplets."""
+def training_batches(cfg: Config, source, num_shards: int, shard_index: int, skip_batches: int = 0):
+    """This shard's endless training batches: shuffled examples, or P x K identity-balanced for triplets;
+    `skip_batches` continues an interrupted run's stream."""
     from distface.data.balanced import balanced_dataset
     from distface.data.pipeline import train_dataset
 
@@ -178,10 +179,11 @@ def training_batches(cfg: Config, source, num_shards: int, shard_index: int):
     if cfg.loss.type == "triplet":
         return balanced_dataset(source, identities_per_batch=d.identities_per_batch,
                                 images_per_identity=d.images_per_identity, image_size=size, seed=cfg.train.seed,
-                                flip=d.flip, num_shards=num_shards, shard_index=shard_index)
+                                flip=d.flip, num_shards=num_shards,
+                                shard_index=shard_index).skip(skip_batches)
     return train_dataset(source, image_size=size, batch_size=d.batch_size, seed=cfg.train.seed,
                          shuffle_buffer=d.shuffle_buffer, flip=d.flip, num_shards=num_shards,
-                         shard_index=shard_index, cache=d.cache)
+                         shard_index=shard_index, cache=d.cache, skip_batches=skip_batches)
 
 
 def train_source(cfg: Config):
@@ -189,14 +191,17 @@ def train_source(cfg: Config):
     from distface.data.folders import scan_identity_folders
     from distface.data.orl import orl_split
     from distface.data.synthetic import synthetic_images
+    from distface.data.validate import screen_images
 
     d = cfg.data
-    if d.source == "orl":
-        images = orl_split(d.train_identities)
-        return images, images.num_classes
-    if d.source == "folder":
-        images = scan_identity_folders(d.path)
-        return images, images.num_classes
+    if d.source in ("orl", "folder"):
+        images = orl_split(d.train_identities) if d.source == "orl" else scan_identity_folders(d.path)
+        kept, bad = screen_images(images, d.bad_images)
+        if bad:
+            shown = "; ".join(f"{path}: {problem}" for path, problem in bad[:3])
+            print(f"distface: left out {len(bad)} of {len(images)} images that are not complete image files "
+                  f"(data.bad_images: skip): {shown}{' ...' if len(bad) > 3 else ''}", file=sys.stderr)
+        return kept, images.num_classes
     if d.source == "recordio":
         from distface.data.recordio import RecordIOSource
 

@@ -97,3 +97,16 @@ def test_train_from_recordio_and_eval_on_bin_set(tmp_path):
     assert (pairs_eval["pairs"], bin_eval["pairs"]) == ("pairs", "orl_pairs")
     for key in ("accuracy", "auc", "eer", "val"):
         assert bin_eval[key] == pytest.approx(pairs_eval[key], abs=1e-12)
+
+
+CONFIGS = sorted(p.name for p in __import__("pathlib").Path("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_trains(tmp_path, name):
+    """Each shipped config builds its backbone, head and data and takes finite steps (at a tiny batch)."""
+    small = ["data.batch_size=4", "data.identities_per_batch=2", "data.images_per_identity=2", "eval.flip=false",
+             f"train.out_dir={tmp_path}", "train.steps=2"]
+    session = Session(load_config(f"configs/{name}", small), quiet=True)
+    for _ in range(2):
+        assert np.isfinite(float(session.trainer.train_step(*next(session.dataset))["loss"]))

@@ -165,12 +165,15 @@ def _decode(ds: tf.data.Dataset, source: Source, deterministic: bool | None) -> 
 
 def train_dataset(source: Source, *, image_size: Sequence[int],
                   batch_size: int, seed: int | None, shuffle_buffer: int = 10000, flip: bool = True,
-                  num_shards: int = 1, shard_index: int = 0, cache: bool = True) -> tf.data.Dataset:
+                  num_shards: int = 1, shard_index: int = 0, cache: bool = True,
+                  skip_batches: int = 0) -> tf.data.Dataset:
     """Endless batches (images float32 [batch_size, h, w, 3], labels int32 [batch_size]) of this shard.
 
     source: an ImageList (files), an EncodedSource (.rec, .tfrecord) or in-memory (uint8 images, labels).
     batch_size is per replica. The same seed gives the same batches; each epoch is shuffled anew. Sources
-    holding the same images in the same order give the same batches.
+    holding the same images in the same order give the same batches. `skip_batches` resumes the stream after
+    that many batches (exactly the batches an uninterrupted run would give next), skipping keys before any
+    image is read.
     """
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}")
@@ -186,6 +189,7 @@ def train_dataset(source: Source, *, image_size: Sequence[int],
         decoded = True
     # Without the cache, keys (paths, record indices) are shuffled before their images are read.
     ds = ds.shuffle(min(shuffle_buffer, shard_size), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.skip(skip_batches * batch_size)
     if not decoded:
         ds = _decode(ds, source, deterministic)
 
@@ -195,7 +199,8 @@ def train_dataset(source: Source, *, image_size: Sequence[int],
         flip_seed = None if seed is None else tf.stack([tf.constant(seed, tf.int64), index])
         return preprocess(image, image_size, training=flip, seed=flip_seed), label
 
-    ds = ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.enumerate(start=skip_batches * batch_size)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
