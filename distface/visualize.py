@@ -35,6 +35,7 @@ _TAG = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def projector_dir(logdir: str | Path, tag: str) -> Path:
+    """Where write_projector puts `tag`'s files: a run of its own beside the trainer's event files."""
     if not _TAG.fullmatch(tag) or tag in (".", ".."):
         raise ValueError(f"projector tag {tag!r}: use letters, digits, '_', '-' and '.' only")
     return Path(logdir) / f"projector-{tag}"
@@ -56,6 +57,7 @@ def write_projector(logdir: str | Path, tag: str, embeddings: np.ndarray, labels
     if images is not None and len(images) != len(embeddings):
         raise ValueError(f"projector {tag}: {len(images)} images for {len(embeddings)} embeddings")
     out = projector_dir(logdir, tag)
+    sprite = None if images is None else sprite_image(images)  # validates the images before anything is written
     out.mkdir(parents=True, exist_ok=True)
 
     if not any(out.glob("events.out.tfevents.*")):
@@ -71,11 +73,11 @@ def write_projector(logdir: str | Path, tag: str, embeddings: np.ndarray, labels
     info.tensor_name = EMBEDDING_TENSOR
     info.metadata_path = "metadata.tsv"  # one column: no header line, as the projector expects
     _write_atomic(out / info.metadata_path, "".join(f"{_tsv_field(label)}\n" for label in labels).encode())
-    if images is not None:
-        sprite, (thumb_h, thumb_w) = sprite_image(images)
+    if sprite is not None:
+        pixels, (thumb_h, thumb_w) = sprite
         info.sprite.image_path = "sprite.png"
         info.sprite.single_image_dim.extend([thumb_w, thumb_h])  # the projector reads [width, height]
-        _write_atomic(out / info.sprite.image_path, _png(sprite))
+        _write_atomic(out / info.sprite.image_path, _png(pixels))
     with tempfile.TemporaryDirectory(dir=out) as staging:
         projector.visualize_embeddings(staging, config)
         os.replace(os.path.join(staging, PROJECTOR_FILENAME), out / PROJECTOR_FILENAME)
