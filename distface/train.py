@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from distface.config import Config, ConfigError, load_config
 
 
@@ -143,6 +145,18 @@ class Session:
         monitor.close()
         return result
 
+    def _visualize(self, vset, embeddings, step: int) -> None:
+        """Projector of the eval embeddings (identity labels, image sprite); for 2-D features the center-loss
+        paper's feature-plane figure of the raw (unnormalised) features."""
+        from distface.visualize import feature_plane_image, log_image, write_projector
+
+        write_projector(self.out_dir / "tb", vset.name, embeddings, vset.identities, vset.images, step)
+        if self.cfg.model.embedding_size == 2 and self.monitor.writer is not None:
+            features = self.trainer.backbone(vset.images, training=False).numpy()
+            names = sorted(set(vset.identities))
+            labels = np.array([names.index(n) for n in vset.identities])
+            log_image(self.monitor.writer, f"features/{vset.name}", feature_plane_image(features, labels), step)
+
     def _check_finite(self, metrics) -> None:
         from distface.checkpoint import complete_steps
 
@@ -159,7 +173,9 @@ class Session:
 
         records = []
         for vset in self.vsets:
-            result = evaluate_backbone(self.trainer.backbone, vset, self.cfg.eval)
+            result, embeddings = evaluate_backbone(self.trainer.backbone, vset, self.cfg.eval)
+            if vset.identities:
+                self._visualize(vset, embeddings, step)
             self.monitor.say(f"eval step {step} | {format_result(vset.name, result)}")
             values = {"accuracy": result.accuracy, "val": result.val, "auc": result.auc, "eer": result.eer}
             self.monitor.scalars(step, {f"eval/{vset.name}/{k}": v for k, v in values.items()})

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         return 2
     from distface.eval.runner import evaluate_backbone, format_result
 
-    print(f"{path} | {format_result(vset.name, evaluate_backbone(backbone, vset, cfg.eval))}")
+    print(f"{path} | {format_result(vset.name, evaluate_backbone(backbone, vset, cfg.eval)[0])}")
     return 0
 
 

@@ -21,6 +21,7 @@ class VerificationSet:
     index1: np.ndarray  # [P] rows of `images`
     index2: np.ndarray
     issame: np.ndarray  # bool [P]
+    identities: tuple[str, ...] = ()  # per image, where known (pairs files): for the embedding projector
 
 
 def orl_pairs_file(cfg: EvalConfig, directory: str | Path) -> Path:
@@ -36,7 +37,8 @@ def load_verification_set(pairs_file: str | Path, images_root: str | Path, image
     unique, inverse = np.unique(np.array(paths1 + paths2), return_inverse=True)
     images = eval_images(list(unique), tuple(image_size))
     n = len(paths1)
-    return VerificationSet(Path(pairs_file).stem, images, inverse[:n], inverse[n:], np.asarray(issame, bool))
+    return VerificationSet(Path(pairs_file).stem, images, inverse[:n], inverse[n:], np.asarray(issame, bool),
+                           tuple(Path(p).parent.name for p in unique))
 
 
 def verification_set_from_config(cfg: EvalConfig, image_size, out_dir: str | Path) -> VerificationSet:
@@ -65,9 +67,10 @@ def embed(backbone, images: np.ndarray, batch_size: int = 64, flip: bool = True)
     return np.concatenate(out)
 
 
-def evaluate_backbone(backbone, vset: VerificationSet, cfg: EvalConfig) -> VerificationResult:
+def evaluate_backbone(backbone, vset: VerificationSet, cfg: EvalConfig) -> tuple[VerificationResult, np.ndarray]:
+    """The verification result and the L2-normalised embeddings of the set's images."""
     emb = embed(backbone, vset.images, cfg.batch_size, cfg.flip)
-    return evaluate(emb[vset.index1], emb[vset.index2], vset.issame, num_folds=cfg.folds)
+    return evaluate(emb[vset.index1], emb[vset.index2], vset.issame, num_folds=cfg.folds), emb
 
 
 def format_result(name: str, r: VerificationResult) -> str:
