@@ -116,9 +116,7 @@ class Session:
         self.dataset = engine.distribute_dataset(
             lambda shards, index: training_batches(cfg, source, shards, index, consumed))
 
-    def train(self) -> dict:
-        from distface.checkpoint import complete_steps
-
+    def train(self) -> list[dict]:
         cfg, trainer, monitor = self.cfg, self.trainer, self.monitor
         start = int(trainer.step.numpy())
         objective = "triplet" if trainer.head is None else f"{cfg.head.type} ({cfg.head.sharding} head)"
@@ -126,6 +124,7 @@ class Session:
                     f"engine {self.engine.name} x{self.engine.num_replicas} | global batch "
                     f"{trainer.global_batch} | steps {start}..{cfg.train.steps} | out {self.out_dir}")
         began = time.perf_counter()
+        saved = start  # a resumed run starts from a saved step
         monitor.start(start)
         for step in range(start + 1, cfg.train.steps + 1):
             metrics = trainer.train_step(*next(self.dataset))
@@ -135,10 +134,12 @@ class Session:
                 self._check_finite(metrics)
             if checkpoint:
                 self.checkpointer.save(step)
+                saved = step
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
                 self.evaluate(step)
                 monitor.start(step)  # keep eval time out of the images/s figure
-        if cfg.train.steps not in complete_steps(self.out_dir):
+        # Decided from this process's own history, never from the disk: every process must call save() alike.
+        if saved != cfg.train.steps:
             self.checkpointer.save(cfg.train.steps)
         monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
         result = self.evaluate(cfg.train.steps)
@@ -164,8 +165,8 @@ class Session:
         if streak >= self.cfg.train.max_bad_steps:
             raise TrainingStopped(
                 f"stopped: {streak} steps in a row had a non-finite loss or gradient (none of them changed the "
-                f"model); last good checkpoint: step {(complete_steps(self.out_dir) or ['none yet'])[-1]}. Lower optim.lr "
-                f"or set optim.clip_norm.")
+                f"model); last good checkpoint: step {(complete_steps(self.out_dir) or ['none yet'])[-1]}. "
+                f"Lower optim.lr or set optim.clip_norm.")
 
     def evaluate(self, step: int) -> list[dict]:
         """Verify on every configured set; one line each, TensorBoard scalars, a record in eval.jsonl."""

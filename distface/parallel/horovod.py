@@ -19,6 +19,14 @@ class HorovodEngine(Engine):
 
     def __init__(self):
         hvd.init()
+        # Horovod: one GPU per rank, by local rank. Unpinned, every rank of a node computes on GPU 0 and takes
+        # memory on all of them. One visible GPU is left alone (the scheduler pinned it, or one rank per node).
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) > 1:
+            if hvd.local_size() > len(gpus):
+                raise ValueError(f"horovod: {hvd.local_size()} ranks on this node but {len(gpus)} GPUs: start at "
+                                 f"most one rank per GPU (-np, host slots)")
+            tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
 
     @property
     def num_replicas(self) -> int:
