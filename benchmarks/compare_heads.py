@@ -1,5 +1,5 @@
-"""Train every configs/orl_*.yaml (same backbone, input size and step budget) and print a markdown table of the
-10-fold verification on the unseen ORL identities s31..s40, measured in this run.
+"""Train every configs/orl_*.yaml of the debug backbone (same input size and step budget) and print a markdown
+table of the 10-fold verification on the unseen ORL identities s31..s40, measured in this run.
 
     .venv/bin/python benchmarks/compare_heads.py [--out runs/compare] [--set key=value ...]
 """
@@ -17,8 +17,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--set", action="append", default=[], help="override passed to every run")
-    p.add_argument("--configs", nargs="*", default=sorted(str(c) for c in (ROOT / "configs").glob("orl_*.yaml")))
+    p.add_argument("--configs", nargs="*")
     args = p.parse_args()
+    if not args.configs:
+        from distface.config import load_config
+
+        args.configs = [str(c) for c in sorted((ROOT / "configs").glob("orl_*.yaml"))
+                        if load_config(c).model.backbone == "debug"]
     print("| config | objective | accuracy (10-fold) | VAL @ FAR | AUC | EER | train time |\n|---|---|---|---|---|---|---|")
     for config in args.configs:
         name = Path(config).stem

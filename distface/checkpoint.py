@@ -193,6 +193,16 @@ def restore_backbone(backbone, run_dir: str | Path) -> str:
     return path
 
 
+def load_backbone(run_dir: str | Path):
+    """(the run's config, its backbone with the latest complete checkpoint's weights, that checkpoint's path)."""
+    from distface.models import build_backbone
+
+    cfg = load_run_config(run_dir)
+    m = cfg.model
+    backbone = build_backbone(m.backbone, m.image_size, m.embedding_size, m.dropout)
+    return cfg, backbone, restore_backbone(backbone, run_dir)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distface.checkpoint", description="checkpoint tools")
     sub = p.add_subparsers(dest="command", required=True)

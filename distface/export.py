@@ -40,12 +40,9 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     """Write the SavedModel atomically (a temp folder renamed into place); returns `out`."""
     import tensorflow as tf
 
-    from distface.checkpoint import load_run_config, restore_backbone
-    from distface.models import build_backbone
+    from distface.checkpoint import load_backbone
 
-    cfg = load_run_config(run_dir)
-    backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size, cfg.model.dropout)
-    restore_backbone(backbone, run_dir)
+    cfg, backbone, _ = load_backbone(run_dir)
     module = build_module(backbone, cfg.model.image_size)
     out = Path(out)
     if out.exists():

@@ -64,7 +64,7 @@ class Trainer(tf.Module):
         """Partial loss and statistics {name: (numerator, denominator)}: each is reported as the ratio of the
         sums over replicas. A replica's share of a global total has denominator 1/N."""
         cfg = self.cfg
-        ce, angles = self.head(self.engine, embeddings, labels, self.step, cfg.loss.label_smoothing)
+        ce, angles, degrees = self.head(self.engine, embeddings, labels, self.step, cfg.loss.label_smoothing)
         per_example = ce
         share = 1.0 / self.engine.num_replicas
         stats = {"loss/cross_entropy": (tf.reduce_sum(ce) / self.global_batch, share)}
@@ -76,6 +76,7 @@ class Trainer(tf.Module):
         if self.head.kind != "softmax":
             stats["angle/target_deg"] = angles[0:2]
             stats["angle/nontarget_deg"] = angles[2:4]
+            stats["angle/target_hist"] = degrees  # a histogram, not a ratio
         return tf.reduce_sum(per_example) / self.global_batch, stats
 
     def _triplet(self, embeddings, labels):
@@ -125,6 +126,7 @@ class Trainer(tf.Module):
             engine.scatter_sub_sum(self.centers, tf.IndexedSlices(tf.where(ok, rows.values, 0.0), rows.indices))
         self._count_step(ok)
 
+        histograms = {n: engine.all_gather(stats.pop(n)) for n in [n for n in stats if n.endswith("_hist")]}
         stats["loss"] = (loss, 1.0 / engine.num_replicas)
         stats["train/skipped_steps"] = (tf.cast(self.skipped, tf.float32), 1.0)
         stats["train/bad_streak"] = (tf.cast(self.bad_streak, tf.float32), 1.0)
@@ -132,7 +134,8 @@ class Trainer(tf.Module):
             stats["train/loss_scale"] = (self.loss_scale, 1.0)
         names = sorted(stats)
         totals = engine.all_reduce_sum(tf.stack([tf.cast(v, tf.float32) for n in names for v in stats[n]]))
-        return {n: totals[2 * i] / tf.maximum(totals[2 * i + 1], 1e-12) for i, n in enumerate(names)}
+        return {**{n: totals[2 * i] / tf.maximum(totals[2 * i + 1], 1e-12) for i, n in enumerate(names)},
+                **histograms}
 
     def _count_step(self, ok):
         engine, bad = self.engine, tf.cast(~ok, tf.int64)

@@ -32,12 +32,14 @@ class Monitor:
         if not self.quiet:
             print(text, file=self.stream, flush=True)
 
-    def scalars(self, step: int, values: dict) -> None:
+    def scalars(self, step: int, values: dict, histograms: dict | None = None) -> None:
         if self.writer is None:
             return
         with self.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, float(value))
+            for name, value in (histograms or {}).items():
+                tf.summary.histogram(name, value)
         self.writer.flush()
 
     def log_step(self, step: int, metrics: dict, lr: float) -> None:
@@ -47,9 +49,10 @@ class Monitor:
         rate = (step - last_step) * self.global_batch / max(now - last_time, 1e-9)
         self._mark = (now, step)
         eta = (self.total_steps - step) * self.global_batch / max(rate, 1e-9)
-        values = {k: float(v) for k, v in metrics.items()}
+        histograms = {k: v for k, v in metrics.items() if k.endswith("_hist")}
+        values = {k: float(v) for k, v in metrics.items() if k not in histograms}
         values.update({"lr": lr, "throughput/images_per_sec": rate})
-        self.scalars(step, values)
+        self.scalars(step, values, histograms)
         angle = f" | θy {values['angle/target_deg']:.1f}°" if "angle/target_deg" in values else ""
         if values.get("train/skipped_steps"):
             angle += f" | skipped {values['train/skipped_steps']:.0f} non-finite"

@@ -83,14 +83,15 @@ def loss_and_grads(trainer: Trainer, problem: dict) -> dict:
         with tf.GradientTape() as tape:
             embeddings = trainer.backbone(x, training=True)
             tape.watch(embeddings)
-            ce, _ = trainer.head(engine, embeddings, labels, trainer.step, trainer.cfg.loss.label_smoothing)
+            ce, _, degrees = trainer.head(engine, embeddings, labels, trainer.step, trainer.cfg.loss.label_smoothing)
             loss = tf.reduce_sum(ce) / trainer.global_batch
         d_emb, d_weight = tape.gradient(loss, [embeddings, trainer.head.weight])
-        return engine.all_reduce_sum(loss), d_emb, d_weight
+        return engine.all_reduce_sum(loss), d_emb, d_weight, degrees
 
     fn = tf.function(lambda x, labels: _per_replica_run(engine, replica_fn, x, labels))
-    loss, d_emb, d_weight = fn(per_replica(engine, problem["x"]), per_replica(engine, problem["labels"]))
-    return dict(loss=loss[0].numpy(), d_emb=[t.numpy() for t in d_emb], d_weight=[t.numpy() for t in d_weight])
+    loss, d_emb, d_weight, degrees = fn(per_replica(engine, problem["x"]), per_replica(engine, problem["labels"]))
+    return dict(loss=loss[0].numpy(), d_emb=[t.numpy() for t in d_emb], d_weight=[t.numpy() for t in d_weight],
+                degrees=[t.numpy() for t in degrees])
 
 
 def _per_replica_run(engine, fn, *args):

@@ -27,7 +27,7 @@ def probe(run_dir: str, out: str, strategy: str, cpu_replicas: int) -> None:
 
     def replica_fn(x, y):
         embeddings = trainer.backbone(x, training=False)
-        ce, _ = trainer.head(engine, embeddings, y, trainer.step)
+        ce, _, _ = trainer.head(engine, embeddings, y, trainer.step)
         return engine.all_reduce_sum(tf.reduce_sum(ce) / len(labels)), embeddings
 
     fn = tf.function(lambda x, y: _per_replica_run(engine, replica_fn, x, y))

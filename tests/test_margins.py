@@ -360,3 +360,10 @@ def test_target_angles(b, c):
     hit = labels[:, None] == np.arange(c)
     want = [deg[hit].sum(), (labels >= 0).sum(), deg[~hit].sum(), (~hit).sum()]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_target_degrees_per_row():
+    cos = np.array([[0.5, -1.0, 0.2], [1.0, 0.3, -0.3], [0.1, 0.2, 0.3]], np.float32)
+    labels = np.array([0, 2, -1])
+    got = M.target_degrees(tf.constant(cos), tf.constant(labels)).numpy()
+    np.testing.assert_allclose(got, [60.0, np.degrees(np.arccos(-0.3)), 0.0], rtol=1e-5)

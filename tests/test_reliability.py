@@ -133,19 +133,16 @@ def test_incompatible_resume_exits_2(two_replica_run, change, key):
 
 
 def test_export_matches_training_model(two_replica_run, tmp_path):
-    from distface.checkpoint import load_run_config, restore_backbone
+    from distface.checkpoint import load_backbone
     from distface.data.orl import orl_split
     from distface.data.pipeline import eval_images
     from distface.eval.runner import embed
-    from distface.models import build_backbone
 
     export = subprocess.run([sys.executable, "-m", "distface.export", "--checkpoint", str(two_replica_run),
                              "--out", str(tmp_path / "saved")], capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr
     paths = list(orl_split([33]).paths[:4])
-    cfg = load_run_config(two_replica_run)
-    backbone = build_backbone("debug", cfg.model.image_size, cfg.model.embedding_size)
-    restore_backbone(backbone, two_replica_run)
+    cfg, backbone, _ = load_backbone(two_replica_run)
     expected = embed(backbone, eval_images(paths, cfg.model.image_size), flip=False)
     script = ("import sys, numpy as np, tensorflow as tf\n"
               f"m = tf.saved_model.load({str(tmp_path / 'saved')!r})\n"

@@ -30,6 +30,7 @@ def assert_equivalent(ref, dist, num_classes):
     (ref_g, ref_p), (dist_g, dist_p) = ref, dist
     np.testing.assert_allclose(dist_g["loss"], ref_g["loss"], rtol=1e-5)
     np.testing.assert_allclose(np.concatenate(dist_g["d_emb"]), ref_g["d_emb"][0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.concatenate(dist_g["degrees"]), ref_g["degrees"][0], rtol=1e-5, atol=1e-4)
     d_weight = full_weight(dict(enumerate(dist_g["d_weight"])), num_classes)
     np.testing.assert_allclose(d_weight, ref_g["d_weight"][0], rtol=1e-5, atol=1e-7)
     for key in ("kernel", "bias"):

@@ -14,12 +14,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored images' embeddings")
     args = p.parse_args(argv)
     try:
-        from distface.checkpoint import load_run_config, restore_backbone
+        from distface.checkpoint import load_backbone
         from distface.data.orl import orl_root
         from distface.eval.runner import load_verification_set, verification_set_from_config
-        from distface.models import build_backbone
 
-        cfg = load_run_config(args.checkpoint)
+        cfg, backbone, path = load_backbone(args.checkpoint)
         if args.no_flip:
             cfg.eval.flip = False
         size = cfg.model.image_size
@@ -27,8 +26,6 @@ def main(argv=None) -> int:
             vset = load_verification_set(args.pairs, args.images or cfg.eval.images or orl_root(), size)
         else:
             vset = verification_set_from_config(cfg.eval, size, args.checkpoint)
-        backbone = build_backbone(cfg.model.backbone, size, cfg.model.embedding_size, cfg.model.dropout)
-        path = restore_backbone(backbone, args.checkpoint)
     except (ValueError, OSError) as err:
         print(f"distface: {err}", file=sys.stderr)
         return 2

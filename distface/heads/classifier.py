@@ -7,7 +7,7 @@ and tested against.
 import tensorflow as tf
 
 from distface.config import HeadConfig
-from distface.heads.margins import make_margin, target_angles
+from distface.heads.margins import make_margin, target_angles, target_degrees
 from distface.losses.cross_entropy import softmax_cross_entropy
 
 
@@ -50,8 +50,10 @@ class ReplicatedHead(tf.Module):
         self.sharded_variables = []
 
     def __call__(self, engine, embeddings, labels, step, label_smoothing: float = 0.0):
-        """Per-example loss of this replica's examples [b] and angle sums (see margins.target_angles)."""
+        """Per-example loss of this replica's examples [b], angle sums (see margins.target_angles) and the
+        examples' target angles [b] in degrees."""
         labels = tf.cast(labels, tf.int32)
         scores = block_scores(self.kind, self.weight, self.bias, embeddings)
         logits = self.margin_fn(scores, labels, feature_norms(embeddings), step)
-        return softmax_cross_entropy(logits, labels, label_smoothing), target_angles(scores, labels)
+        return (softmax_cross_entropy(logits, labels, label_smoothing), target_angles(scores, labels),
+                target_degrees(scores, labels))

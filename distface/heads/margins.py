@@ -185,6 +185,15 @@ def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 
     return fns[kind]
 
 
+def target_degrees(cosine: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """θ_y in degrees per row [B] (0 for a row whose target is not among these columns): for histograms."""
+    rows = tf.range(tf.shape(labels)[0])
+    labels = tf.cast(labels, tf.int32)
+    target = tf.gather_nd(tf.stop_gradient(_f32(cosine)), tf.stack([rows, tf.maximum(labels, 0)], axis=1))
+    degrees = tf.acos(tf.clip_by_value(target, -1.0, 1.0)) * (180.0 / math.pi)
+    return tf.where(labels >= 0, degrees, 0.0)
+
+
 def target_angles(cosine: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """(Σ target θ°, #rows with label >= 0, Σ non-target θ°, #non-target entries), float32 scalars.
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from distface.config import HeadConfig
 from distface.heads.classifier import block_scores, feature_norms, initial_weight, margin_from_config
-from distface.heads.margins import target_angles
+from distface.heads.margins import target_angles, target_degrees
 from distface.losses.cross_entropy import sharded_softmax_cross_entropy
 
 
@@ -45,7 +45,8 @@ class ShardedHead(tf.Module):
         self.sharded_variables = [v for v in (self.weight, self.bias) if v is not None]
 
     def __call__(self, engine, embeddings, labels, step, label_smoothing: float = 0.0):
-        """Per-example loss of this replica's examples [b] and angle sums over this block."""
+        """Per-example loss of this replica's examples [b], angle sums over this block and the examples'
+        target angles [b] in degrees."""
         local_batch = tf.shape(embeddings)[0]
         # Distribution: every block scores the whole global batch.
         gathered = engine.all_gather(embeddings)
@@ -63,7 +64,9 @@ class ShardedHead(tf.Module):
         logits = tf.where(valid, logits, -math.inf)
         loss = sharded_softmax_cross_entropy(engine, logits, columns, self.num_classes, label_smoothing)
         own = tf.range(local_batch) + engine.replica_id() * local_batch
-        return tf.gather(loss, own), target_angles(tf.where(valid, scores, math.nan), columns)
+        # Distribution: each row's target lives in one block, so the sum over replicas is its angle.
+        degrees = engine.all_reduce_sum(target_degrees(scores, columns))
+        return tf.gather(loss, own), target_angles(tf.where(valid, scores, math.nan), columns), tf.gather(degrees, own)
 
     def _sample(self, columns, valid, step, replica):
         """Block rows to keep this step (sorted) and the batch's labels remapped to them."""

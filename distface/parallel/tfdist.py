@@ -3,6 +3,8 @@
 the convention of engine.py (checked in tests/test_engines.py)."""
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 from distface.parallel.engine import Engine
@@ -127,9 +129,16 @@ def split_cpu(num_devices: int) -> list[str]:
     return [f"/cpu:{i}" for i in range(num_devices)]
 
 
+@functools.lru_cache(maxsize=None)
+def _mirrored_strategy(devices: tuple[str, ...] | None) -> tf.distribute.MirroredStrategy:
+    # One strategy per device set and process: two strategies over the same devices number their collectives
+    # from the same keys, and a key reused with another shape aborts ("Shape mismatch in the collective").
+    return tf.distribute.MirroredStrategy(list(devices) if devices else None)
+
+
 def mirrored_engine(cpu_replicas: int = 0) -> StrategyEngine:
-    devices = split_cpu(cpu_replicas) if cpu_replicas else None
-    return StrategyEngine(tf.distribute.MirroredStrategy(devices), "mirrored")
+    devices = tuple(split_cpu(cpu_replicas)) if cpu_replicas else None
+    return StrategyEngine(_mirrored_strategy(devices), "mirrored")
 
 
 def multiworker_engine() -> StrategyEngine:
