@@ -89,3 +89,32 @@ def test_centers_sum_over_replicas(mirrored):
     assert np.abs(single["centers"]).max() > 0
     np.testing.assert_allclose(dist["centers"], single["centers"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dist["kernel"], single["kernel"], rtol=1e-5, atol=1e-6)
+
+
+def test_partial_fc_sampling():
+    """sample_rate < 1: every positive class of the batch is kept, ceil(rate * P) columns in all (more only if
+    the positives need it), labels remapped to the kept columns; the loss is the softmax CE over those columns."""
+    import tensorflow as tf
+
+    problem = make_problem(40, GLOBAL_BATCH, seed=11)
+    cfg = make_config("softmax", GLOBAL_BATCH, "sharded")
+    cfg.head.type, cfg.head.scale, cfg.head.sample_rate = "normface", 10.0, 0.25
+    trainer = build(SingleEngine(), cfg, problem)
+    head, labels = trainer.head, tf.constant(problem["labels"])
+    valid = tf.ones([40], tf.bool)
+    index, remapped = head._sample(labels, valid, tf.constant(3, tf.int64), tf.constant(0))
+    index, remapped = index.numpy(), remapped.numpy()
+    assert len(index) == max(10, len(set(problem["labels"]))) and np.all(np.diff(index) > 0)
+    assert set(problem["labels"]) <= set(index)
+    np.testing.assert_array_equal(index[remapped], problem["labels"])
+    again, _ = head._sample(labels, valid, tf.constant(4, tf.int64), tf.constant(0))
+    assert not np.array_equal(again.numpy(), index)  # a new subset each step
+
+    embeddings = trainer.backbone(problem["x"])
+    trainer.step.assign(3)
+    loss, _, _ = head(SingleEngine(), embeddings, labels, trainer.step)
+    x = embeddings.numpy() / np.linalg.norm(embeddings.numpy(), axis=1, keepdims=True)
+    w = problem["weight"][index] / np.linalg.norm(problem["weight"][index], axis=1, keepdims=True)
+    logits = 10.0 * x.astype(np.float64) @ w.T
+    expected = np.log(np.exp(logits).sum(1)) - logits[np.arange(GLOBAL_BATCH), remapped]
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5)
