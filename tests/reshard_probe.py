@@ -15,7 +15,7 @@ def probe(run_dir: str, out: str, strategy: str, cpu_replicas: int) -> None:
     from distface.checkpoint import load_run_config
     from distface.data.orl import orl_split
     from distface.data.pipeline import eval_images
-    from equivalence import full_weight, per_replica, _per_replica_run
+    from equivalence import _per_replica_run, full_weight, per_replica
     from distface.train import Session
 
     cfg = load_run_config(run_dir)
@@ -32,12 +32,13 @@ def probe(run_dir: str, out: str, strategy: str, cpu_replicas: int) -> None:
 
     fn = tf.function(lambda x, y: _per_replica_run(engine, replica_fn, x, y))
     loss, embeddings = fn(per_replica(engine, images), per_replica(engine, labels))
-    count = len(trainer.replicated_variables)
-    momentum = trainer.optimizer.slots[count]
+    momentum = trainer.optimizer.slots[len(trainer.replicated_variables)]  # the weight block's
+
+    def whole(var):
+        return full_weight({r: c.numpy() for r, c in engine.local_components(var).items()}, trainer.num_classes)
+
     np.savez(out, loss=loss[0].numpy(), embeddings=np.concatenate([e.numpy() for e in embeddings]),
-             weight=full_weight({r: c.numpy() for r, c in engine.local_components(trainer.head.weight).items()}, trainer.num_classes),
-             momentum=full_weight({r: c.numpy() for r, c in engine.local_components(momentum).items()}, trainer.num_classes),
-             step=int(trainer.step.numpy()))
+             weight=whole(trainer.head.weight), momentum=whole(momentum), step=int(trainer.step.numpy()))
 
 
 if __name__ == "__main__":

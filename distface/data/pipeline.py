@@ -195,8 +195,9 @@ def train_dataset(source: Source, *, image_size: Sequence[int],
 
     def augment(index, example):
         image, label = example
-        # The element index makes each flip's stateless seed unique, so runs repeat exactly in parallel maps.
-        flip_seed = None if seed is None else tf.stack([tf.constant(seed, tf.int64), index])
+        # The element index makes each flip's stateless seed unique, so runs repeat exactly in parallel maps;
+        # the shard index keeps the workers' flips independent (shard 0 keeps the single-device seed).
+        flip_seed = None if seed is None else tf.stack([tf.constant(seed + 1_000_003 * shard_index, tf.int64), index])
         return preprocess(image, image_size, training=flip, seed=flip_seed), label
 
     ds = ds.enumerate(start=skip_batches * batch_size)
