@@ -103,7 +103,7 @@ def main(argv=None) -> None:
 
     print(f"\nbatch {BATCH}, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}; step = forward + backward + SGD, softmax head over "
           f"{CLASSES} classes; embeddings {', '.join(f'{b} {EMBEDDING[b]}' for b in backbones)}")
-    header = f"| source | cache | pipeline img/s | " + " | ".join(f"{b} step img/s | pipeline/step" for b in backbones)
+    header = "| source | cache | pipeline img/s | " + " | ".join(f"{b} step img/s | pipeline/step" for b in backbones)
     print(header + " |")
     print("|" + "---|" * (3 + 2 * len(backbones)))
     for name, cache, rate in rows:

@@ -61,8 +61,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(int(args.one[0]), args.one[1], args.dim, args.batch, args.replicas, args.steps)))
         return
-    print(f"| identities | replicated step (s) | sharded step (s) | speed-up | replicated head MiB/replica | "
-          f"sharded head MiB/replica | memory ratio |\n|---|---|---|---|---|---|---|")
+    print("| identities | replicated step (s) | sharded step (s) | speed-up | replicated head MiB/replica | "
+          "sharded head MiB/replica | memory ratio |\n|---|---|---|---|---|---|---|")
     for num_classes in args.classes:
         row = {}
         for sharding in ("replicated", "sharded"):

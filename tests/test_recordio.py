@@ -83,7 +83,7 @@ def test_orl_reader_round_trip(orl_rec):
     for i in range(0, 400, 7):
         assert source.read_image(i) == records[i + 1][4]
     decoded = tf.data.Dataset.range(400).batch(64).map(source.read).unbatch().map(decode_image_bytes)
-    for i, (image, path) in enumerate(zip(decoded, images.paths)):
+    for image, path in zip(decoded, images.paths):
         np.testing.assert_array_equal(image.numpy(), decode_image(tf.constant(path)).numpy(), err_msg=path)
 
 
