@@ -1,6 +1,7 @@
 """The collective interface that heads, losses and the loop call; the only seam where distribution enters.
 
-Gradient convention (every engine follows it; tests/test_engines.py checks it on 2 replicas):
+Gradient convention (every engine follows it; tests/test_sharded_head.py, test_horovod.py and
+test_triplet_replicas.py check it on 2 replicas against one device):
 - each replica computes a PARTIAL loss: the sum of its OWN examples' losses divided by the GLOBAL batch size,
   so the replicas' partial losses add up to the single-device mean loss;
 - the collectives differentiate as their exact adjoints under that sum of partial losses:

@@ -1,6 +1,6 @@
 """Engines over tf.distribute: MirroredStrategy (one process, N devices) and MultiWorkerMirroredStrategy
 (one process per worker, TF_CONFIG). Collectives run in the replica context; their gradients already follow
-the convention of engine.py (checked in tests/test_engines.py)."""
+the convention of engine.py (checked in tests/test_sharded_head.py)."""
 from __future__ import annotations
 
 import functools
