@@ -20,11 +20,12 @@ def main() -> None:
     p.add_argument("--configs", nargs="*")
     args = p.parse_args()
     if not args.configs:
-        from distface.config import load_config
+        from distface.components import load_config
 
         args.configs = [str(c) for c in sorted((ROOT / "configs").glob("orl_*.yaml"))
                         if load_config(c).model.backbone == "debug"]
-    print("| config | objective | accuracy (10-fold) | VAL @ FAR | AUC | EER | train time |\n|---|---|---|---|---|---|---|")
+    print("| config | objective | accuracy (10-fold) | VAL @ FAR | AUC | EER | train time |")
+    print("|---|---|---|---|---|---|---|")
     for config in args.configs:
         name = Path(config).stem
         out = Path(args.out) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -47,8 +47,8 @@ def pipeline_rate(source, cache: bool, batches: int) -> float:
 
 def raw_read_rate(source: RecordIOSource, batches: int) -> float:
     """Encoded records/s through RecordIOSource.read alone (the numpy_function reader, 64 keys a call, no decode)."""
-    keys, _ = source.examples(1, 0)
-    ds = keys.repeat().batch(BATCH).map(lambda key, label: source.read(key), num_parallel_calls=tf.data.AUTOTUNE)
+    keys = tf.data.Dataset.from_tensor_slices(source.keys()[0])
+    ds = keys.repeat().batch(BATCH).map(source.read, num_parallel_calls=tf.data.AUTOTUNE)
     it = iter(ds.prefetch(tf.data.AUTOTUNE))
     next(it)
     return best_rate(lambda: next(it), batches)

@@ -1,81 +1,250 @@
-"""Sharded (model-parallel) vs replicated (data-parallel) identity head on N MirroredStrategy replicas.
+"""The identity head step near the hardware limit: time, peak memory and the largest class count that fits.
 
-    .venv/bin/python benchmarks/sharded_head.py --classes 10000 100000 1000000 --dim 512 --batch 64
+    .venv/bin/python benchmarks/sharded_head.py --classes 100000 1000000 --engine horovod
+    .venv/bin/python benchmarks/sharded_head.py --classes 1000000 --sample-rate 0.1 --head-update lazy
+    .venv/bin/python benchmarks/sharded_head.py --find-max --mem-gib 8
 
-Each (C, head) pair runs in a fresh process (so one that runs out of memory is reported, not fatal), training
-the real Trainer step (Dense 512->d backbone, ArcFace head, momentum SGD) on a fixed random batch. Without GPUs
-the replicas are logical CPU devices sharing this machine's cores, so the step-time ratio measures work and
-traffic per step, not a real interconnect. Prints one markdown table with the ratios measured in this run.
+Every configuration runs in fresh processes (one per replica under `--engine horovod`, which starts horovodrun
+itself; one process of N replicas under `--engine mirrored`), training the real Trainer step on fixed random
+[batch, dim] embeddings per replica: head only (no backbone, `--backbone dense` adds a Dense layer), ArcFace,
+momentum SGD. For each it prints:
+- the step time and its "matmul limit": the three matmuls one replica's step needs ([N*b, d] x [d, P] forward,
+  the two backward products; P = the block's columns, or its sampled ones under Partial FC), timed with plain
+  tf.matmul in the same processes on the same threads, all replicas at once as in the step;
+- peak resident memory (VmHWM) per process and per replica, over the head state (W block + momentum) per replica,
+  and the peak device memory where a GPU is visible (tf.config.experimental.get_memory_info);
+- `--find-max` bisects, for the replicated head, the sharded head and Partial FC 0.1, the largest C that trains 3
+  steps with every process under `--mem-gib` (all processes together; a child over it is stopped by RLIMIT_DATA
+  or fails the check), and prints the three maxima.
+Without GPUs the replicas share this machine's cores, so ratios measure work and memory, not an interconnect.
 """
 import argparse
 import json
+import math
+import os
+import resource
+import shutil
 import subprocess
 import sys
 import time
 
+GIB = 2 ** 30
 
-def measure(num_classes: int, sharding: str, dim: int, batch: int, replicas: int, steps: int) -> dict:
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident set (VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def peak_device_bytes(tf) -> int:
+    gpus = tf.config.list_logical_devices("GPU")
+    return max((tf.config.experimental.get_memory_info(g.name)["peak"] for g in gpus), default=0)
+
+
+def measure(args) -> dict:
+    """One configuration in this process (every Horovod rank runs it; rank 0's dict is printed)."""
     import numpy as np
     import tensorflow as tf
 
     from distface.config import Config
-    from distface.heads.sharded import build_head
     from distface.loop import Trainer
+    from distface.objectives import Classification
     from distface.optim import MomentumSGD
     from distface.parallel import build_engine
+    from distface.state import TrainState
 
-    gpus = tf.config.list_physical_devices("GPU")
-    engine = build_engine("mirrored", cpu_replicas=0 if len(gpus) >= replicas else replicas)
+    num_classes, sharding = args.one_classes, args.one_sharding
+    if args.engine == "mirrored":
+        gpus = tf.config.list_physical_devices("GPU")
+        engine = build_engine("mirrored", cpu_replicas=0 if len(gpus) >= args.replicas else args.replicas)
+    else:
+        engine = build_engine("horovod")
     cfg = Config()
     cfg.head.type, cfg.head.sharding, cfg.head.scale = "arcface", sharding, 64.0
-    cfg.data.batch_size, cfg.model.embedding_size = batch, dim
+    cfg.head.sample_rate = args.one_rate
+    cfg.optim.head_update = args.head_update
+    cfg.data.batch_size, cfg.model.embedding_size = args.batch, args.dim
     with engine.scope():
-        backbone = tf.keras.Sequential([tf.keras.Input((dim,)), tf.keras.layers.Dense(dim)])
-    head = build_head(cfg.head, engine, num_classes, dim)
-    trainer = Trainer(cfg, engine, backbone, head, MomentumSGD(cfg.optim, 1000, engine), num_classes)
-    rng = np.random.default_rng(0)
-    x = engine.strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(rng.normal(size=(batch, dim)).astype(np.float32)))
-    y = engine.strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(rng.integers(0, num_classes, batch).astype(np.int32)))
-    head_state = head.replicated_variables + head.sharded_variables
-    slots = trainer.optimizer.slots[len(backbone.trainable_variables):]
-    per_device = sum(int(np.prod(engine.local_results(v)[0].shape)) * 4 for v in head_state + slots)
-    float(trainer.train_step(x, y)["loss"])  # trace and warm up
+        layers = [tf.keras.layers.Dense(args.dim) if args.backbone == "dense" else tf.keras.layers.Identity()]
+        backbone = tf.keras.Sequential([tf.keras.Input((args.dim,)), *layers])
+    objective = Classification(cfg, engine, num_classes)
+    state = TrainState(engine, backbone, objective)
+    trainer = Trainer(cfg, engine, state, objective, MomentumSGD(cfg.optim, 1000, engine))
+    x, y = per_replica_batch(engine, args, num_classes)
+
+    step = trainer.train_step
+    if args.xla:
+        step = tf.function(lambda a, b: engine.run(tf.function(trainer._replica_step, jit_compile=True), a, b))
+    float(step(x, y).scalars["loss"])  # trace and warm up
     start = time.perf_counter()
-    for _ in range(steps):
-        loss = trainer.train_step(x, y)["loss"]
+    for _ in range(args.steps):
+        loss = step(x, y).scalars["loss"]
     float(loss)
-    return {"step_s": (time.perf_counter() - start) / steps, "head_bytes": per_device}
+    step_s = (time.perf_counter() - start) / args.steps
+
+    head = objective.head
+    names = {f"head/{n}" for n in (*head.replicated, *head.sharded)}
+    head_state = [v for group in (*state.trainable().values(), *state.slots.values())
+                  for name, v in group.items() if name in names]
+    head_bytes = sum(int(np.prod(engine.local_results(v)[0].shape)) * 4 for v in head_state)
+    columns = head.block_size or num_classes
+    if args.one_rate < 1:
+        columns = math.ceil(args.one_rate * columns)
+    result = {"step_s": step_s, "limit_s": matmul_limit(engine, args, columns),
+              "peak_bytes": peak_resident_bytes(), "device_bytes": peak_device_bytes(tf),
+              "head_bytes": head_bytes, "replicas_per_process": engine.num_replicas // engine.num_processes}
+    if engine.num_processes > 1:  # Horovod: the largest peak over the ranks
+        import horovod.tensorflow as hvd
+
+        result["peak_bytes"] = int(hvd.allreduce(tf.constant(float(result["peak_bytes"])), op=hvd.Max))
+    return result if engine.is_chief else None
+
+
+def per_replica_batch(engine, args, num_classes):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(engine.process_index)
+    make = lambda: (tf.constant(rng.normal(size=(args.batch, args.dim)).astype(np.float32)),  # noqa: E731
+                    tf.constant(rng.integers(0, num_classes, args.batch).astype(np.int32)))
+    strategy = getattr(engine, "strategy", None)
+    if strategy is None:
+        return make()
+    pairs = [make() for _ in range(engine.num_replicas)]
+    return tuple(strategy.experimental_distribute_values_from_function(
+        lambda ctx, k=k: pairs[ctx.replica_id_in_sync_group][k]) for k in range(2))
+
+
+def matmul_limit(engine, args, columns: int) -> float:
+    """Seconds for one replica's three head matmuls, run on every replica at once (as the step runs them)."""
+    import tensorflow as tf
+
+    rows = args.batch * engine.num_replicas
+    shapes = ([rows, args.dim], [columns, args.dim], [rows, columns])
+
+    def products(x, w, g):
+        total = tf.zeros([])
+        for _ in range(args.steps):  # each product feeds the sum, so none is optimised away
+            total += tf.reduce_sum(tf.matmul(x, w, transpose_b=True)[:1])
+            total += tf.reduce_sum(tf.matmul(g, w)[:1]) + tf.reduce_sum(tf.matmul(g, x, transpose_a=True)[:1])
+        return total
+
+    strategy = getattr(engine, "strategy", None)
+    if strategy is None:
+        inputs, run = [tf.random.normal(s) for s in shapes], tf.function(products)
+    else:  # each replica's operands on its own device
+        inputs = [strategy.experimental_distribute_values_from_function(lambda ctx, s=s: tf.random.normal(s))
+                  for s in shapes]
+        run = tf.function(lambda *a: strategy.experimental_local_results(strategy.run(products, args=a))[0])
+    float(run(*inputs))  # warm up
+    engine.barrier()
+    start = time.perf_counter()
+    float(run(*inputs))
+    return (time.perf_counter() - start) / args.steps
+
+
+def run_one(args, num_classes: int, sharding: str, rate: float, mem_gib: float | None = None) -> dict | None:
+    """The configuration in fresh processes; None when it failed (out of memory, or over mem_gib)."""
+    cmd = [sys.executable, __file__, "--one", str(num_classes), sharding, str(rate), "--engine", args.engine,
+           "--dim", str(args.dim), "--batch", str(args.batch), "--replicas", str(args.replicas),
+           "--steps", str(args.steps), "--head-update", args.head_update, "--backbone", args.backbone]
+    cmd += ["--xla"] if args.xla else []
+    processes = args.replicas if args.engine == "horovod" else 1
+    if args.engine == "horovod":
+        horovodrun = shutil.which("horovodrun", path=os.path.dirname(sys.executable)) or "horovodrun"
+        cmd = [horovodrun, "-np", str(args.replicas), "-H", f"localhost:{args.replicas}", *cmd]
+
+    def cap():  # every process (horovodrun's and the ranks) inherits it: its share of the memory cap
+        limit = int(mem_gib * GIB / processes)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap if mem_gib else None)
+    # horovodrun prefixes each rank's lines ("[0]<stdout>:")
+    lines = [line[line.index('{"'):] for line in proc.stdout.splitlines() if '{"step_s"' in line]
+    if proc.returncode != 0 or not lines:
+        if args.verbose:
+            print(proc.stderr[-3000:], file=sys.stderr)
+        return None
+    result = json.loads(lines[-1])
+    processes_peak = result["peak_bytes"] * processes
+    if mem_gib and processes_peak > mem_gib * GIB:
+        return None
+    return result
+
+
+def row(args, num_classes, sharding, rate) -> str:
+    r = run_one(args, num_classes, sharding, rate)
+    label = f"{sharding}" + (f", Partial FC {rate} ({args.head_update})" if rate < 1 else "")
+    if r is None:
+        return f"| {num_classes:,} | {label} | failed (out of memory?) | | | | | |"
+    per_replica = r["peak_bytes"] / r["replicas_per_process"]
+    device = f" / {r['device_bytes'] / GIB:.2f} GiB device" if r["device_bytes"] else ""
+    return (f"| {num_classes:,} | {label} | {r['step_s']:.3f} | {r['limit_s']:.3f} | {r['step_s'] / r['limit_s']:.2f}x "
+            f"| {r['head_bytes'] / GIB:.2f} | {per_replica / GIB:.2f}{device} | "
+            f"{per_replica / r['head_bytes']:.2f}x |")
+
+
+def find_max(args, sharding: str, rate: float) -> int:
+    """Bisect (in log2 steps, then linearly to 1/8 of the bracket) the largest C that trains within --mem-gib."""
+    lo, hi = 0, args.start
+    while run_one(args, hi, sharding, rate, args.mem_gib) is not None:  # grow until it fails
+        lo, hi = hi, hi * 2
+    if lo == 0:
+        return 0
+    while hi - lo > lo / 8:
+        mid = (lo + hi) // 2
+        if run_one(args, mid, sharding, rate, args.mem_gib) is not None:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--classes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--classes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--engine", choices=["mirrored", "horovod"], default="mirrored")
+    p.add_argument("--sharding", nargs="+", default=["replicated", "sharded"], choices=["replicated", "sharded"])
+    p.add_argument("--sample-rate", type=float, default=1.0, help="Partial FC (sharded only)")
+    p.add_argument("--head-update", choices=["dense", "lazy"], default="dense")
+    p.add_argument("--backbone", choices=["none", "dense"], default="none")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--batch", type=int, default=64, help="per replica")
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--one", nargs=2, metavar=("C", "SHARDING"), help=argparse.SUPPRESS)
+    p.add_argument("--xla", action="store_true", help="compile the replica step with XLA (jit_compile=True)")
+    p.add_argument("--find-max", action="store_true")
+    p.add_argument("--mem-gib", type=float, default=8.0, help="--find-max: memory cap for all processes")
+    p.add_argument("--start", type=int, default=250_000, help="--find-max: first class count tried")
+    p.add_argument("--verbose", action="store_true", help="print failed children's stderr")
+    p.add_argument("--one", nargs=3, metavar=("C", "SHARDING", "RATE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(int(args.one[0]), args.one[1], args.dim, args.batch, args.replicas, args.steps)))
+        args.one_classes, args.one_sharding, args.one_rate = int(args.one[0]), args.one[1], float(args.one[2])
+        result = measure(args)
+        if result is not None:
+            print(json.dumps(result), flush=True)
         return
-    print("| identities | replicated step (s) | sharded step (s) | speed-up | replicated head MiB/replica | "
-          "sharded head MiB/replica | memory ratio |\n|---|---|---|---|---|---|---|")
+    print(f"# engine {args.engine} x{args.replicas}, per-replica batch {args.batch}, d = {args.dim}, "
+          f"backbone {args.backbone}{', XLA' if args.xla else ''}")
+    if args.find_max:
+        found = {"replicated": find_max(args, "replicated", 1.0), "sharded": find_max(args, "sharded", 1.0),
+                 "Partial FC 0.1": find_max(args, "sharded", 0.1)}
+        print(f"largest C within {args.mem_gib:g} GiB: " + ", ".join(f"{k} {v:,}" for k, v in found.items()))
+        if found["replicated"]:
+            print(f"sharded / replicated = {found['sharded'] / found['replicated']:.2f}x, "
+                  f"Partial FC / sharded = {found['Partial FC 0.1'] / max(found['sharded'], 1):.2f}x")
+        return
+    print("| identities | head | step (s) | matmul limit (s) | step / limit | head state GiB/replica | "
+          "peak resident GiB/replica | resident / head state |\n|---|---|---|---|---|---|---|---|")
     for num_classes in args.classes:
-        row = {}
-        for sharding in ("replicated", "sharded"):
-            cmd = [sys.executable, __file__, "--one", str(num_classes), sharding, "--dim", str(args.dim),
-                   "--batch", str(args.batch), "--replicas", str(args.replicas), "--steps", str(args.steps)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            row[sharding] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
-        rep, sha = row["replicated"], row["sharded"]
-        fmt = lambda r, k, scale=1.0: "failed (out of memory?)" if r is None else f"{r[k] / scale:,.3f}"  # noqa: E731
-        ratio = f"{rep['step_s'] / sha['step_s']:.2f}x" if rep and sha else "—"
-        mem = f"{rep['head_bytes'] / sha['head_bytes']:.2f}x" if rep and sha else "—"
-        print(f"| {num_classes:,} | {fmt(rep, 'step_s')} | {fmt(sha, 'step_s')} | {ratio} | "
-              f"{fmt(rep, 'head_bytes', 2**20)} | {fmt(sha, 'head_bytes', 2**20)} | {mem} |", flush=True)
+        for sharding in args.sharding:
+            rate = args.sample_rate if sharding == "sharded" else 1.0
+            print(row(args, num_classes, sharding, rate), flush=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from distface.config import Config, load_config, to_dict
+from distface.components import load_config
+from distface.config import Config, InputError, to_dict
 
 CONFIG_NAME = "config.yaml"
 BLOCKS = "head_blocks"
@@ -67,54 +68,52 @@ def read_manifest(run_dir: str | Path, step: int | None = None) -> dict:
     return manifest
 
 
-def _block_key(replica: int, index: int) -> str:
-    return f"{BLOCKS}/replica_{replica}/{index}/.ATTRIBUTES/VARIABLE_VALUE"
+def _block_key(replica: int, group: str, name: str) -> str:
+    return f"{BLOCKS}/replica_{replica}/{group}/{name}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 class Checkpointer:
-    """Saves and restores one process's share of the trainer's state (see the module docstring)."""
+    """Saves and restores one process's share of a TrainState (see the module docstring)."""
 
-    def __init__(self, trainer, run_dir: str | Path, max_to_keep: int = 3):
-        self.trainer, self.engine = trainer, trainer.engine
+    def __init__(self, state, runtime, layout: dict, run_dir: str | Path, max_to_keep: int = 3):
+        """layout: what must match for a restore (classes, embedding size, head kind) and the class split
+        (block size); the world size and the sharded names are added here."""
+        self.state, self.runtime = state, runtime
         self.run_dir = Path(run_dir)
-        slots = trainer.optimizer.slots
-        count = len(trainer.replicated_variables)
-        # Sharded state, in a fixed order: head block variables, then their momentum.
-        self.sharded = trainer.sharded_variables + slots[count:]
+        # Sharded state by group ("params", "momentum") and name: each local replica's component of each.
+        self.sharded = state.sharded_state()
         blocks: dict = {}
-        for index, var in enumerate(self.sharded):
-            for replica, component in self.engine.local_components(var).items():
-                blocks.setdefault(f"replica_{replica}", {})[str(index)] = component
-        self.replicated = dict(backbone=trainer.backbone, step=trainer.step, counters=trainer.counters(),
-                               head=trainer.replicated_variables[len(trainer.backbone.trainable_variables):],
-                               momentum=slots[:count])
-        if trainer.centers is not None:
-            self.replicated["centers"] = trainer.centers
-        items = {BLOCKS: blocks, **(self.replicated if self.engine.is_chief else {})}
+        for group, variables in self.sharded.items():
+            for name, var in variables.items():
+                for replica, component in runtime.local_components(var).items():
+                    blocks.setdefault(f"replica_{replica}", {}).setdefault(group, {})[name] = component
+        self.layout = {**layout, "world_size": runtime.num_replicas,
+                       "sharded_variables": sorted(self.sharded["params"])}
+        self.replicated = dict(backbone=state.backbone, step=state.step, counters=state.counters,
+                               momentum=state.slots["replicated"])
+        if state.head is not None:
+            self.replicated["head"] = state.head.replicated
+        if state.centers is not None:
+            self.replicated["centers"] = state.centers
+        items = {BLOCKS: blocks, **(self.replicated if runtime.is_chief else {})}
         directory = checkpoint_dir(run_dir)
-        if not self.engine.is_chief:
-            directory = directory / f"process{self.engine.process_index}"
+        if not runtime.is_chief:
+            directory = directory / f"process{runtime.process_index}"
         self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(**items), str(directory),
                                                   max_to_keep=max_to_keep)
 
-    def layout(self) -> dict:
-        head = self.trainer.head
-        block = getattr(head, "block", None)
-        return {"num_classes": self.trainer.num_classes, "embedding_size": self.trainer.cfg.model.embedding_size,
-                "head": None if head is None else head.kind, "world_size": self.engine.num_replicas,
-                "block_size": block, "sharded_variables": len(self.sharded)}
-
     def save(self, step: int) -> None:
+        runtime = self.runtime
         self.manager.save(checkpoint_number=step)
-        self.engine.barrier()  # every process has written its blocks before the manifest says so
-        if not self.engine.is_chief:
+        runtime.barrier()  # every process has written its blocks before the manifest says so
+        if not runtime.is_chief:
             return
         directory = checkpoint_dir(self.run_dir)
-        processes = self.engine.num_processes
+        processes = runtime.num_processes
         locations = {p: f"ckpt-{step}" if p == 0 else f"process{p}/ckpt-{step}" for p in range(processes)}
-        per_process = self.engine.num_replicas // processes
-        manifest = {"step": step, **self.layout(),
-                    "blocks": {str(r): locations[r // per_process] for r in range(self.engine.num_replicas)}}
+        per_process = runtime.num_replicas // processes
+        manifest = {"step": step, **self.layout,
+                    "blocks": {str(r): locations[r // per_process] for r in range(runtime.num_replicas)}}
         tmp = directory / f".manifest-{step}.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, directory / f"manifest-{step}.json")
@@ -135,52 +134,50 @@ class Checkpointer:
         return manifest["step"]
 
     def _check_compatible(self, manifest: dict) -> None:
-        for key, now in self.layout().items():
+        for key, now in self.layout.items():
             if key in ("world_size", "block_size"):
                 continue
             if manifest.get(key) != now:
-                raise ValueError(f"checkpoint {self.run_dir}: saved with {key} = {manifest.get(key)!r}, "
+                raise InputError(f"checkpoint {self.run_dir}: saved with {key} = {manifest.get(key)!r}, "
                                  f"this config has {now!r}")
 
     def _restore_blocks(self, manifest: dict) -> None:
         """Fill this process's blocks from the saved blocks by global class id (any world size)."""
-        if not self.sharded:
-            return
         old_block, classes = manifest["block_size"], manifest["num_classes"]
         directory = checkpoint_dir(self.run_dir)
         readers = {}
 
-        def rows(index: int, start: int, stop: int) -> np.ndarray:
+        def rows(group: str, name: str, start: int, stop: int) -> np.ndarray:
             parts = []
             for old in range(start // old_block, (stop - 1) // old_block + 1):
                 location = manifest["blocks"][str(old)]
                 if location not in readers:
                     readers[location] = tf.train.load_checkpoint(str(directory / location))
-                tensor = readers[location].get_tensor(_block_key(old, index))
+                tensor = readers[location].get_tensor(_block_key(old, group, name))
                 lo = max(start - old * old_block, 0)
                 parts.append(tensor[lo:min(stop - old * old_block, old_block)])
             return np.concatenate(parts)
 
-        for index, var in enumerate(self.sharded):
-            for replica, component in self.engine.local_components(var).items():
-                size = component.shape[0]
-                start = replica * size
-                value = np.zeros(component.shape, component.dtype.as_numpy_dtype)
-                stop = min(start + size, classes)
-                if stop > start:
-                    value[:stop - start] = rows(index, start, stop)
-                component.assign(value)
+        for group, variables in self.sharded.items():
+            for name, var in variables.items():
+                for replica, component in self.runtime.local_components(var).items():
+                    size = component.shape[0]
+                    start = replica * size
+                    value = np.zeros(component.shape, component.dtype.as_numpy_dtype)
+                    stop = min(start + size, classes)
+                    if stop > start:
+                        value[:stop - start] = rows(group, name, start, stop)
+                    component.assign(value)
 
 
 def merge_head(run_dir: str | Path, step: int | None = None) -> dict:
-    """The whole head of a checkpoint by global class id: {"weight": [C, d], "bias": [C] (softmax)}."""
+    """The whole head of a checkpoint by global class id: {name: [C, ...]} ("weight", and "bias" for softmax)."""
     manifest = read_manifest(run_dir, step)
     directory = checkpoint_dir(run_dir)
-    names = ["weight", "bias"][:1 + (manifest["head"] == "softmax")]
     out = {}
-    for index, name in enumerate(names):
-        blocks = [tf.train.load_checkpoint(str(directory / manifest["blocks"][str(r)])).get_tensor(_block_key(r, index))
-                  for r in range(manifest["world_size"])]
+    for name in manifest["sharded_variables"]:
+        blocks = [tf.train.load_checkpoint(str(directory / manifest["blocks"][str(r)])).get_tensor(
+            _block_key(r, "params", name)) for r in range(manifest["world_size"])]
         out[name] = np.concatenate(blocks)[:manifest["num_classes"]]
     return out
 

@@ -42,17 +42,17 @@ class Monitor:
                 tf.summary.histogram(name, value)
         self.writer.flush()
 
-    def log_step(self, step: int, metrics: dict, lr: float) -> None:
-        """Print step, loss, lr, images/s and ETA since the last call; write the scalars."""
+    def log_step(self, step: int, metrics, lr: float) -> None:
+        """Print step, loss, lr, images/s and ETA since the last call; write the step's scalars and histograms
+        (loop.StepMetrics)."""
         now = time.perf_counter()
         last_time, last_step = self._mark
         rate = (step - last_step) * self.global_batch / max(now - last_time, 1e-9)
         self._mark = (now, step)
         eta = (self.total_steps - step) * self.global_batch / max(rate, 1e-9)
-        histograms = {k: v for k, v in metrics.items() if k.endswith("_hist")}
-        values = {k: float(v) for k, v in metrics.items() if k not in histograms}
+        values = {k: float(v) for k, v in metrics.scalars.items()}
         values.update({"lr": lr, "throughput/images_per_sec": rate})
-        self.scalars(step, values, histograms)
+        self.scalars(step, values, metrics.histograms)
         angle = f" | θy {values['angle/target_deg']:.1f}°" if "angle/target_deg" in values else ""
         if values.get("train/skipped_steps"):
             angle += f" | skipped {values['train/skipped_steps']:.0f} non-finite"

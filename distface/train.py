@@ -1,21 +1,18 @@
 """python -m distface.train --config configs/debug.yaml [--set section.key=value ...] [--resume]
 
-Wiring only: config -> engine -> data -> model -> loop. Bad input (config, data, pairs) stops before training
-with one line on stderr and exit code 2.
+Wiring only: config -> runtime -> data -> state -> step -> checkpoints -> loop. Bad input (config, data, pairs)
+stops before training with one line on stderr and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from distface.config import Config, ConfigError, load_config
+from distface.components import load_config
+from distface.config import Config, InputError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,19 +32,17 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         session = Session(cfg, resume=args.resume, quiet=args.quiet)
-    except (ConfigError, ValueError, OSError) as err:
+    except (InputError, OSError) as err:  # bad input: one line; anything else keeps its traceback
         print(f"distface: {err}", file=sys.stderr)
         return 2
+    from distface.loop import TrainingStopped
+
     try:
         session.train()
     except TrainingStopped as err:
         print(f"distface: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-class TrainingStopped(RuntimeError):
-    """Training cannot go on (diverged); the checkpoints on disk are good."""
 
 
 @contextlib.contextmanager
@@ -65,173 +60,88 @@ def precision_policy(mode: str):
 
 
 class Session:
-    """Everything a run needs, built (and validated) before the first step."""
+    """Everything a run needs, built (and validated) before the first step, in the order each piece needs the
+    previous: the runtime places variables, the training set gives the class count, the state holds the
+    variables, the checkpoint restores them, and only then the data stream knows where to start."""
 
     def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False):
         import tensorflow as tf
 
         from distface.checkpoint import Checkpointer, checkpoint_dir, complete_steps, save_config
-        from distface.eval.runner import verification_sets
-        from distface.heads.sharded import build_head
+        from distface.data.batches import BATCHES, batches_plan
+        from distface.data.sources import train_source
+        from distface.eval.records import Evaluator, NoEvaluation
         from distface.loop import Trainer
         from distface.models import build_backbone
         from distface.monitor import Monitor
+        from distface.objectives import OBJECTIVES
         from distface.optim import MomentumSGD
         from distface.parallel import build_engine
+        from distface.state import TrainState
 
         self.cfg = cfg
-        self.out_dir = Path(cfg.train.out_dir)
-        if not resume and checkpoint_dir(self.out_dir).is_dir() and any(checkpoint_dir(self.out_dir).iterdir()):
-            raise ValueError(f"train.out_dir: {self.out_dir} already holds checkpoints; "
+        self.out_dir = out_dir = Path(cfg.train.out_dir)
+        if not resume and checkpoint_dir(out_dir).is_dir() and any(checkpoint_dir(out_dir).iterdir()):
+            raise InputError(f"train.out_dir: {out_dir} already holds checkpoints; "
                              "pass --resume to continue or choose another train.out_dir")
-        self.engine = engine = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
-        source, num_classes = train_source(cfg)
-        if engine.is_chief:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.num_classes = num_classes
-        self.vsets = verification_sets(cfg.eval, cfg.model.image_size, self.out_dir) if engine.is_chief else []
+        self.runtime = runtime = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
+        self.training_set = train_source(cfg)
+        self.objective_cls = OBJECTIVES[cfg.loss.type]
+        # Distribution: one input pipeline per process (its shard of the set).
+        plan = batches_plan(self.objective_cls.batches, cfg, self.training_set.source, runtime.num_processes,
+                            runtime.process_index)
+        if runtime.is_chief:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        self.monitor = Monitor(str(out_dir / "tb"), cfg.train.steps, cfg.data.batch_size * runtime.num_replicas,
+                               enabled=runtime.is_chief, quiet=quiet)
+        if runtime.is_chief and self.training_set.summary():  # rank 0 speaks
+            print(f"distface: {self.training_set.summary()}", file=sys.stderr)
+        if plan:
+            self.monitor.say(plan)
+        self.evaluate = Evaluator(cfg, out_dir, self.monitor) if runtime.is_chief else NoEvaluation()
 
         tf.keras.utils.set_random_seed(cfg.train.seed)
-        with engine.scope(), precision_policy(cfg.train.mixed_precision):
+        with runtime.scope(), precision_policy(cfg.train.mixed_precision):
             backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size,
                                       cfg.model.dropout)
-        head = None if cfg.loss.type == "triplet" else \
-            build_head(cfg.head, engine, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
-        optimizer = MomentumSGD(cfg.optim, cfg.train.steps, engine)
-        self.trainer = Trainer(cfg, engine, backbone, head, optimizer, num_classes)
-        self.checkpointer = Checkpointer(self.trainer, self.out_dir, cfg.train.keep_checkpoints)
-        self.monitor = Monitor(str(self.out_dir / "tb"), cfg.train.steps, self.trainer.global_batch,
-                               enabled=engine.is_chief, quiet=quiet)
-        if resume and complete_steps(self.out_dir):
+        self.objective = self.objective_cls(cfg, runtime, self.training_set.num_classes)
+        self.state = TrainState(runtime, backbone, self.objective, cfg.train.mixed_precision == "float16")
+        self.trainer = Trainer(cfg, runtime, self.state, self.objective,
+                               MomentumSGD(cfg.optim, cfg.train.steps, runtime))
+        head = self.state.head
+        layout = {"num_classes": self.training_set.num_classes, "embedding_size": cfg.model.embedding_size,
+                  "head": None if head is None else head.kind, "block_size": None if head is None else head.block_size}
+        self.checkpointer = Checkpointer(self.state, runtime, layout, out_dir, cfg.train.keep_checkpoints)
+        if resume and complete_steps(out_dir):
             step = self.checkpointer.restore()
-            self.monitor.say(f"resumed from {checkpoint_dir(self.out_dir)}/ckpt-{step} at step {step}")
+            self.monitor.say(f"resumed from {checkpoint_dir(out_dir)}/ckpt-{step} at step {step}")
         elif resume:
-            self.monitor.say(f"--resume: no complete checkpoint in {checkpoint_dir(self.out_dir)}, starting at step 0")
+            self.monitor.say(f"--resume: no complete checkpoint in {checkpoint_dir(out_dir)}, starting at step 0")
         # Distribution: replicas start from the chief's replicated state (head blocks stay per replica).
-        engine.broadcast_from_chief(self.trainer.replicated_state())
-        if engine.is_chief:
-            save_config(cfg, self.out_dir)
-        # Exact resume: the data stream is a function of the seed, so skip the batches already trained on.
-        consumed = int(self.trainer.step.numpy()) * (engine.num_replicas // engine.num_processes)
-        self.dataset = engine.distribute_dataset(
-            lambda shards, index: training_batches(cfg, source, shards, index, consumed))
+        runtime.broadcast_from_chief(self.state.replicated_state())
+        if runtime.is_chief:
+            save_config(cfg, out_dir)
+        # Exact resume: the data stream is a function of the seed; the runtime skips the batches trained on.
+        make_batches = BATCHES[self.objective.batches]
+        self.dataset = runtime.distribute_dataset(
+            lambda shards, index, skip: make_batches(cfg, self.training_set.source, shards, index, skip),
+            int(self.state.step.numpy()))
 
     def train(self) -> list[dict]:
-        cfg, trainer, monitor = self.cfg, self.trainer, self.monitor
-        start = int(trainer.step.numpy())
-        objective = "triplet" if trainer.head is None else f"{cfg.head.type} ({cfg.head.sharding} head)"
-        monitor.say(f"training {cfg.model.backbone} + {objective} on {self.num_classes} identities | "
-                    f"engine {self.engine.name} x{self.engine.num_replicas} | global batch "
-                    f"{trainer.global_batch} | steps {start}..{cfg.train.steps} | out {self.out_dir}")
+        """Train to train.steps, then the final evaluation (its records)."""
+        from distface.loop import train_loop
+
+        cfg, monitor = self.cfg, self.monitor
+        start = int(self.state.step.numpy())
+        monitor.say(f"training {cfg.model.backbone} + {self.objective.describe(cfg)} | engine "
+                    f"{self.runtime.name} x{self.runtime.num_replicas} | global batch {self.trainer.global_batch} | "
+                    f"steps {start}..{cfg.train.steps} | out {self.out_dir}")
         began = time.perf_counter()
-        saved = start  # a resumed run starts from a saved step
-        monitor.start(start)
-        for step in range(start + 1, cfg.train.steps + 1):
-            metrics = trainer.train_step(*next(self.dataset))
-            checkpoint = cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps or checkpoint:
-                monitor.log_step(step, metrics, trainer.learning_rate())
-                self._check_finite(metrics)
-            if checkpoint:
-                self.checkpointer.save(step)
-                saved = step
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
-                self.evaluate(step)
-                monitor.start(step)  # keep eval time out of the images/s figure
-        # Decided from this process's own history, never from the disk: every process must call save() alike.
-        if saved != cfg.train.steps:
-            self.checkpointer.save(cfg.train.steps)
+        train_loop(self.trainer, self.dataset, self.checkpointer, self.evaluate, monitor)
         monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
-        result = self.evaluate(cfg.train.steps)
+        result = self.evaluate(self.state.backbone, cfg.train.steps)
         monitor.close()
         return result
-
-    def _visualize(self, vset, embeddings, step: int) -> None:
-        """Projector of the eval embeddings (identity labels, image sprite); for 2-D features the center-loss
-        paper's feature-plane figure of the raw (unnormalised) features."""
-        from distface.visualize import feature_plane_image, log_image, write_projector
-
-        write_projector(self.out_dir / "tb", vset.name, embeddings, vset.identities, vset.images, step)
-        if self.cfg.model.embedding_size == 2 and self.monitor.writer is not None:
-            features = self.trainer.backbone(vset.images, training=False).numpy()
-            names = sorted(set(vset.identities))
-            labels = np.array([names.index(n) for n in vset.identities])
-            log_image(self.monitor.writer, f"features/{vset.name}", feature_plane_image(features, labels), step)
-
-    def _check_finite(self, metrics) -> None:
-        from distface.checkpoint import complete_steps
-
-        streak = int(metrics["train/bad_streak"])
-        if streak >= self.cfg.train.max_bad_steps:
-            raise TrainingStopped(
-                f"stopped: {streak} steps in a row had a non-finite loss or gradient (none of them changed the "
-                f"model); last good checkpoint: step {(complete_steps(self.out_dir) or ['none yet'])[-1]}. "
-                f"Lower optim.lr or set optim.clip_norm.")
-
-    def evaluate(self, step: int) -> list[dict]:
-        """Verify on every configured set; one line each, TensorBoard scalars, a record in eval.jsonl."""
-        from distface.eval.runner import evaluate_backbone, format_result
-
-        records = []
-        for vset in self.vsets:
-            result, embeddings = evaluate_backbone(self.trainer.backbone, vset, self.cfg.eval)
-            if vset.identities:
-                self._visualize(vset, embeddings, step)
-            self.monitor.say(f"eval step {step} | {format_result(vset.name, result)}")
-            values = {"accuracy": result.accuracy, "val": result.val, "auc": result.auc, "eer": result.eer}
-            self.monitor.scalars(step, {f"eval/{vset.name}/{k}": v for k, v in values.items()})
-            records.append({"step": step, "pairs": vset.name, **dataclasses.asdict(result)})
-            with open(self.out_dir / "eval.jsonl", "a") as f:
-                f.write(json.dumps(records[-1]) + "\n")
-        return records
-
-
-def training_batches(cfg: Config, source, num_shards: int, shard_index: int, skip_batches: int = 0):
-    """This shard's endless training batches: shuffled examples, or P x K identity-balanced for triplets;
-    `skip_batches` continues an interrupted run's stream."""
-    from distface.data.balanced import balanced_dataset
-    from distface.data.pipeline import train_dataset
-
-    d, size = cfg.data, tuple(cfg.model.image_size)
-    if cfg.loss.type == "triplet":
-        return balanced_dataset(source, identities_per_batch=d.identities_per_batch,
-                                images_per_identity=d.images_per_identity, image_size=size, seed=cfg.train.seed,
-                                flip=d.flip, num_shards=num_shards,
-                                shard_index=shard_index).skip(skip_batches)
-    return train_dataset(source, image_size=size, batch_size=d.batch_size, seed=cfg.train.seed,
-                         shuffle_buffer=d.shuffle_buffer, flip=d.flip, num_shards=num_shards,
-                         shard_index=shard_index, cache=d.cache, skip_batches=skip_batches)
-
-
-def train_source(cfg: Config):
-    """(source for train_dataset, number of classes) from the data section."""
-    from distface.data.folders import scan_identity_folders
-    from distface.data.orl import orl_split
-    from distface.data.synthetic import synthetic_images
-    from distface.data.validate import screen_images
-
-    d = cfg.data
-    if d.source in ("orl", "folder"):
-        images = orl_split(d.train_identities) if d.source == "orl" else scan_identity_folders(d.path)
-        kept, bad = screen_images(images, d.bad_images)
-        if bad:
-            shown = "; ".join(f"{path}: {problem}" for path, problem in bad[:3])
-            print(f"distface: left out {len(bad)} of {len(images)} images that are not complete image files "
-                  f"(data.bad_images: skip): {shown}{' ...' if len(bad) > 3 else ''}", file=sys.stderr)
-        return kept, images.num_classes
-    if d.source == "recordio":
-        from distface.data.recordio import RecordIOSource
-
-        records = RecordIOSource(d.path)
-        return records, records.num_classes
-    if d.source == "tfrecord":
-        from distface.data.tfrecord import TFRecordSource
-
-        records = TFRecordSource(d.path)
-        return records, records.num_classes
-    arrays = synthetic_images(d.synthetic_identities, d.synthetic_images_per_identity,
-                                      tuple(cfg.model.image_size), seed=cfg.train.seed)
-    return arrays, d.synthetic_identities
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import shutil
 import sys
 
 from launch import plan, slurm, supervise
-from launch.slurm import LaunchError
+from launch.errors import LaunchError
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

@@ -13,9 +13,10 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from launch.slurm import LaunchError
+from distface.parallel import STRATEGIES
+from launch.errors import LaunchError
 
-ENGINES = ("single", "mirrored", "horovod", "multiworker")
+ENGINES = tuple(name for name in STRATEGIES if name != "auto")  # the launcher resolves auto itself (cli.py)
 DEFAULT_PORT = 23456
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 CONTROLLERS = {"gloo": "Gloo", "mpi": "MPI"}

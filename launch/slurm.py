@@ -4,9 +4,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-
-class LaunchError(ValueError):
-    """A launcher input that cannot work; the message names the option or variable."""
+from launch.errors import LaunchError
 
 
 def _split_top(text: str) -> list[str]:

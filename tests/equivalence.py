@@ -7,9 +7,10 @@ import numpy as np
 import tensorflow as tf
 
 from distface.config import Config
-from distface.heads.sharded import build_head
 from distface.loop import Trainer
+from distface.objectives import OBJECTIVES
 from distface.optim import MomentumSGD
+from distface.state import TrainState
 
 D_IN, D = 6, 8
 HEADS = {  # kind -> overrides: each margin head with a non-trivial setting
@@ -61,32 +62,35 @@ def build(engine, cfg: Config, problem: dict) -> Trainer:
         backbone = tf.keras.Sequential([tf.keras.Input((D_IN,)), tf.keras.layers.Dense(D)])
     backbone.layers[0].kernel.assign(problem["kernel"])
     backbone.layers[0].bias.assign(problem["bias"])
-    head = None if cfg.loss.type == "triplet" else build_head(cfg.head, engine, num_classes, D)
+    objective = OBJECTIVES[cfg.loss.type](cfg, engine, num_classes)
+    head = objective.head
     if head is None:
         pass
-    elif head.sharded_variables:
-        block = head.block
+    elif head.sharded:
+        block = head.block_size
         padded = np.zeros((block * engine.num_replicas, D), np.float32)
         padded[:num_classes] = problem["weight"]
         for replica, component in engine.local_components(head.weight).items():
             component.assign(padded[replica * block:(replica + 1) * block])
     else:
         head.weight.assign(problem["weight"])
-    return Trainer(cfg, engine, backbone, head, MomentumSGD(cfg.optim, 100, engine), num_classes)
+    state = TrainState(engine, backbone, objective)
+    return Trainer(cfg, engine, state, objective, MomentumSGD(cfg.optim, 100, engine))
 
 
 def loss_and_grads(trainer: Trainer, problem: dict) -> dict:
     """Global loss, d loss / d embeddings (own rows), d loss / d head weight (own block), per local replica."""
-    engine = trainer.engine
+    engine, state = trainer.runtime, trainer.state
 
     def replica_fn(x, labels):
         with tf.GradientTape() as tape:
-            embeddings = trainer.backbone(x, training=True)
+            embeddings = state.backbone(x, training=True)
             tape.watch(embeddings)
-            ce, _, degrees = trainer.head(engine, embeddings, labels, trainer.step, trainer.cfg.loss.label_smoothing)
+            ce, _, degrees = state.head(engine.collectives, embeddings, labels, state.step,
+                                        trainer.cfg.loss.label_smoothing)
             loss = tf.reduce_sum(ce) / trainer.global_batch
-        d_emb, d_weight = tape.gradient(loss, [embeddings, trainer.head.weight])
-        return engine.all_reduce_sum(loss), d_emb, d_weight, degrees
+        d_emb, d_weight = tape.gradient(loss, [embeddings, state.head.weight])
+        return engine.collectives.all_reduce_sum(loss), d_emb, d_weight, degrees
 
     fn = tf.function(lambda x, labels: _per_replica_run(engine, replica_fn, x, labels))
     loss, d_emb, d_weight, degrees = fn(per_replica(engine, problem["x"]), per_replica(engine, problem["labels"]))
@@ -102,14 +106,14 @@ def _per_replica_run(engine, fn, *args):
 
 def train(trainer: Trainer, problem: dict, steps: int = 3) -> dict:
     """Parameters after `steps` identical training steps on the fixed batch."""
-    engine = trainer.engine
+    engine, state = trainer.runtime, trainer.state
     x, labels = per_replica(engine, problem["x"]), per_replica(engine, problem["labels"])
     for _ in range(steps):
         trainer.train_step(x, labels)
-    out = dict(kernel=trainer.backbone.layers[0].kernel.numpy(), bias=trainer.backbone.layers[0].bias.numpy(),
-               weight_blocks={r: c.numpy() for r, c in engine.local_components(trainer.head.weight).items()})
-    if trainer.centers is not None:
-        out["centers"] = trainer.centers.numpy()
+    out = dict(kernel=state.backbone.layers[0].kernel.numpy(), bias=state.backbone.layers[0].bias.numpy(),
+               weight_blocks={r: c.numpy() for r, c in engine.local_components(state.head.weight).items()})
+    if state.centers is not None:
+        out["centers"] = state.centers.numpy()
     return out
 
 

@@ -21,24 +21,26 @@ def probe(run_dir: str, out: str, strategy: str, cpu_replicas: int) -> None:
     cfg = load_run_config(run_dir)
     cfg.train.strategy, cfg.train.cpu_replicas = strategy, cpu_replicas if strategy == "mirrored" else 0
     session = Session(cfg, resume=True, quiet=True)
-    trainer, engine = session.trainer, session.engine
+    state, engine = session.state, session.runtime
     images = eval_images(list(orl_split(range(1, 31)).paths[::38])[:8], cfg.model.image_size)
     labels = np.arange(0, 30, 4, dtype=np.int32)[:8]
 
     def replica_fn(x, y):
-        embeddings = trainer.backbone(x, training=False)
-        ce, _, _ = trainer.head(engine, embeddings, y, trainer.step)
-        return engine.all_reduce_sum(tf.reduce_sum(ce) / len(labels)), embeddings
+        embeddings = state.backbone(x, training=False)
+        ce, _, _ = state.head(engine.collectives, embeddings, y, state.step)
+        return engine.collectives.all_reduce_sum(tf.reduce_sum(ce) / len(labels)), embeddings
 
     fn = tf.function(lambda x, y: _per_replica_run(engine, replica_fn, x, y))
     loss, embeddings = fn(per_replica(engine, images), per_replica(engine, labels))
-    momentum = trainer.optimizer.slots[len(trainer.replicated_variables)]  # the weight block's
+    sharded = state.sharded_state()
+    num_classes = session.training_set.num_classes
 
     def whole(var):
-        return full_weight({r: c.numpy() for r, c in engine.local_components(var).items()}, trainer.num_classes)
+        return full_weight({r: c.numpy() for r, c in engine.local_components(var).items()}, num_classes)
 
     np.savez(out, loss=loss[0].numpy(), embeddings=np.concatenate([e.numpy() for e in embeddings]),
-             weight=whole(trainer.head.weight), momentum=whole(momentum), step=int(trainer.step.numpy()))
+             weight=whole(sharded["params"]["weight"]), momentum=whole(sharded["momentum"]["weight"]),
+             step=int(state.step.numpy()))
 
 
 if __name__ == "__main__":

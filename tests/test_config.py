@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from distface.config import Config, ConfigError, load_config
+from distface.components import load_config
+from distface.config import Config, ConfigError
 
 
 def write(tmp_path, text):
@@ -28,6 +29,7 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
     ("model:\n  embeding_size: 3\n", [], "model.embeding_size: unknown key"),
     ("trian:\n  steps: 3\n", [], "trian: unknown key"),
     ("", ["optim.lr=-0.1"], "optim.lr: must be > 0"),
+    ("", ["optim.head_update=eager"], "optim.head_update: unknown head update 'eager'"),
     ("", ["optim.lr=fast"], "optim.lr: expected a number"),
     ("", ["model.embedding_size=0"], "model.embedding_size: must be > 0"),
     ("", ["model.embedding_size=1.5"], "model.embedding_size: expected an integer"),
@@ -38,6 +40,15 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
     ("", ["model.backbone=resnet9000"], "model.backbone: unknown backbone"),
     ("", ["head.type=magic"], "head.type: unknown head"),
     ("", ["head.m1=0.5"], "head.m1: must be >= 1"),
+    ("", ["head.sphere_m=0"], "head.sphere_m: must be an integer >= 1"),
+    ("", ["head.margin_warmup_steps=-1"], "head.margin_warmup_steps: must be >= 0"),
+    ("", ["data.source=lfw"], "data.source: unknown source 'lfw' (known: folder, orl"),
+    ("", ["loss.type=contrastive"], "loss.type: unknown loss type 'contrastive' (known: classification, triplet)"),
+    ("", ["loss.center_variant=wen"], "loss.center_variant: unknown center variant 'wen' (known: facenet, paper)"),
+    ("", ["loss.triplet_distance=cosine"], "loss.triplet_distance: unknown distance 'cosine'"),
+    ("", ["loss.triplet_mining=hard"], "loss.triplet_mining: unknown mining 'hard'"),
+    ("", ["train.strategy=ddp"], "train.strategy: unknown strategy 'ddp' (known: auto, horovod"),
+    ("", ["loss.type=triplet", "data.batch_size=30"], "data.batch_size: must equal identities_per_batch"),
     ("", ["train.steps"], "--set 'train.steps': expected section.key=value"),
     ("model: 3\n", [], "model: expected a mapping"),
 ])
@@ -59,6 +70,8 @@ def test_missing_and_malformed_file(tmp_path):
     (["--set", "model.embedding_size=0"], "model.embedding_size"),
     (["--set", "data.source=folder", "--set", "data.path=/missing"], "data.path"),
     (["--set", "model.colour=blue"], "model.colour"),
+    (["--set", "model.backbone=resnet9000"], "model.backbone"),  # registries read without TensorFlow's noise
+    (["--set", "head.scale=0"], "head.scale"),
 ])
 def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, key):
     out = tmp_path / "run"

@@ -377,7 +377,7 @@ def test_orl_newline_converted_files_decode_to_their_size():
 @pytest.mark.parametrize("cache", [True, False])
 def test_skip_batches_continues_the_stream_exactly(cache):
     source = orl_split([1, 2, 3])
-    kwargs = dict(image_size=(28, 24), batch_size=4, seed=3, shuffle_buffer=100, cache=cache)
+    kwargs = dict(image_size=(28, 24), batch_size=4, seed=3, cache=cache)
     whole = [b for b in train_dataset(source, **kwargs).take(12)]
     resumed = [b for b in train_dataset(source, skip_batches=7, **kwargs).take(5)]  # crosses an epoch (30 images)
     for (x, y), (rx, ry) in zip(whole[7:], resumed):

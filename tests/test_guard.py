@@ -5,15 +5,17 @@ import pytest
 import tensorflow as tf
 
 from equivalence import build, make_config, make_problem, per_replica
-from distface.config import load_config
+from distface.components import load_config
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 from distface.train import Session
 
 
 def snapshot(trainer):
-    state = trainer.replicated_variables + trainer.optimizer.slots
-    return [np.concatenate([np.ravel(c.numpy()) for c in trainer.engine.local_results(v)]) for v in state]
+    """Parameters and momentum slots, every replica's copy."""
+    groups = [*trainer.state.trainable().values(), *trainer.state.slots.values()]
+    variables = [v for group in groups for v in group.values()]
+    return [np.concatenate([np.ravel(c.numpy()) for c in trainer.runtime.local_results(v)]) for v in variables]
 
 
 @pytest.mark.parametrize("engine_name", ["single", "mirrored"])
@@ -28,14 +30,15 @@ def test_nan_batch_is_skipped_and_training_continues(engine_name):
     poisoned = problem["x"].copy()
     poisoned[-1, 0] = np.nan  # one example, on the last replica only
     metrics = trainer.train_step(per_replica(engine, poisoned), good[1])
-    assert np.isnan(float(metrics["loss"])) and float(metrics["train/skipped_steps"]) == 1
+    assert np.isnan(float(metrics.scalars["loss"])) and float(metrics.scalars["train/skipped_steps"]) == 1
     for a, b in zip(before, snapshot(trainer)):
         np.testing.assert_array_equal(a, b)
-    assert np.isfinite(trainer.centers.numpy()).all()
+    assert np.isfinite(trainer.state.centers.numpy()).all()
     metrics = trainer.train_step(*good)
-    assert np.isfinite(float(metrics["loss"])) and float(metrics["train/bad_streak"]) == 0
+    counters = trainer.state.counters
+    assert np.isfinite(float(metrics.scalars["loss"])) and int(counters["bad_streak"].numpy()) == 0
     assert any(not np.array_equal(a, b) for a, b in zip(before, snapshot(trainer)))
-    assert int(trainer.step.numpy()) == 3 and int(trainer.skipped.numpy()) == 1
+    assert int(trainer.state.step.numpy()) == 3 and int(counters["skipped"].numpy()) == 1
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
@@ -44,12 +47,13 @@ def test_mixed_precision_step(tmp_path, precision):
                                              "model.image_size=[56, 48]", "data.batch_size=8"])
     session = Session(cfg, quiet=True)
     try:
-        losses = [float(session.trainer.train_step(*next(session.dataset))["loss"]) for _ in range(3)]
+        losses = [float(session.trainer.train_step(*next(session.dataset)).scalars["loss"]) for _ in range(3)]
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
     assert np.isfinite(losses[-1])
-    assert session.trainer.backbone.layers[1].compute_dtype == precision
-    assert all(v.dtype == tf.float32 for v in session.trainer.head.sharded_variables)
-    assert all(v.dtype == tf.float32 for v in session.trainer.backbone.trainable_variables)
+    state = session.state
+    assert state.backbone.layers[1].compute_dtype == precision
+    assert all(v.dtype == tf.float32 for v in state.head.sharded.values())
+    assert all(v.dtype == tf.float32 for v in state.backbone.trainable_variables)
     if precision == "float16":
-        assert float(session.trainer.loss_scale.numpy()) <= 2.0 ** 15
+        assert float(state.counters["loss_scale"].numpy()) <= 2.0 ** 15

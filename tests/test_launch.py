@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 from launch.cli import build_job, main, parse_args
+from launch.errors import LaunchError
 from launch.plan import free_ports, parse_hosts, parse_workers, program, read_hostfile, tf_config
-from launch.slurm import LaunchError, expand_nodelist, task_hosts, tasks_per_node
+from launch.slurm import expand_nodelist, task_hosts, tasks_per_node
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = os.path.dirname(sys.executable)
@@ -38,21 +39,23 @@ PROBE = f'''
 """distface.train's run, then this process's backbone weights and the examples its first epoch reads."""
 import numpy as np
 
-from distface.config import load_config
-from distface.train import Session, parse_args, training_batches
+from distface.components import load_config
+from distface.data.batches import BATCHES
+from distface.train import Session, parse_args
 
 args = parse_args()
 cfg = load_config(args.config, args.set + [f"train.strategy={{args.strategy}}"])
 session = Session(cfg, quiet=args.quiet)
 session.train()
-engine = session.engine
+engine = session.runtime
 ids = np.arange({SHARD_EXAMPLES}, dtype=np.int32)
 images = np.zeros((len(ids), 16, 16, 3), np.uint8)
-batches = engine.distribute_dataset(lambda shards, index: training_batches(cfg, (images, ids), shards, index))
+batches = engine.distribute_dataset(
+    lambda shards, index, skip: BATCHES["shuffled"](cfg, (images, ids), shards, index, skip))
 epoch = len(ids) // engine.num_replicas // cfg.data.batch_size
 seen = [np.asarray(t) for _ in range(epoch) for t in engine.local_results(next(batches)[1])]
 weights = {{f"{{i}}:{{w.path}}": np.asarray(w.numpy())
-           for i, w in enumerate(session.trainer.backbone.trainable_weights)}}
+           for i, w in enumerate(session.state.backbone.trainable_weights)}}
 np.savez(f"{{cfg.train.out_dir}}/probe-{{engine.process_index}}.npz", seen=np.concatenate(seen), **weights)
 '''
 

@@ -68,7 +68,8 @@ def test_head_memory_per_replica_is_a_block(mirrored):
     """Weights + momentum per device are ceil(C/N)*d floats each, never C*d."""
     num_classes = 1001
     trainer = build(mirrored, make_config("arcface", 4, "sharded"), make_problem(num_classes, GLOBAL_BATCH))
-    head_state = trainer.sharded_variables + trainer.optimizer.slots[len(trainer.replicated_variables):]
+    sharded = trainer.state.sharded_state()
+    head_state = [*sharded["params"].values(), *sharded["momentum"].values()]
     assert len(head_state) == 2  # the block and its momentum
     per_device = {}
     for var in head_state:
@@ -76,7 +77,7 @@ def test_head_memory_per_replica_is_a_block(mirrored):
             per_device[component.device] = per_device.get(component.device, 0) + int(np.prod(component.shape))
     assert len(per_device) == 2
     assert all(n == 501 * 8 * 2 for n in per_device.values()), per_device
-    assert not any(int(np.prod(v.shape)) >= num_classes * 8 for v in trainer.replicated_variables)
+    assert not any(int(np.prod(v.shape)) >= num_classes * 8 for v in trainer.state.replicated_state())
 
 
 def test_centers_sum_over_replicas(mirrored):
@@ -100,7 +101,7 @@ def test_partial_fc_sampling():
     cfg = make_config("softmax", GLOBAL_BATCH, "sharded")
     cfg.head.type, cfg.head.scale, cfg.head.sample_rate = "normface", 10.0, 0.25
     trainer = build(SingleEngine(), cfg, problem)
-    head, labels = trainer.head, tf.constant(problem["labels"])
+    head, labels = trainer.state.head, tf.constant(problem["labels"])
     valid = tf.ones([40], tf.bool)
     index, remapped = head._sample(labels, valid, tf.constant(3, tf.int64), tf.constant(0))
     index, remapped = index.numpy(), remapped.numpy()
@@ -110,9 +111,9 @@ def test_partial_fc_sampling():
     again, _ = head._sample(labels, valid, tf.constant(4, tf.int64), tf.constant(0))
     assert not np.array_equal(again.numpy(), index)  # a new subset each step
 
-    embeddings = trainer.backbone(problem["x"])
-    trainer.step.assign(3)
-    loss, _, _ = head(SingleEngine(), embeddings, labels, trainer.step)
+    embeddings = trainer.state.backbone(problem["x"])
+    trainer.state.step.assign(3)
+    loss, _, _ = head(SingleEngine().collectives, embeddings, labels, trainer.state.step)
     x = embeddings.numpy() / np.linalg.norm(embeddings.numpy(), axis=1, keepdims=True)
     w = problem["weight"][index] / np.linalg.norm(problem["weight"][index], axis=1, keepdims=True)
     logits = 10.0 * x.astype(np.float64) @ w.T

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distface.config import load_config
+from distface.components import load_config
 from distface.train import Session
 
 FAST = ["model.image_size=[56, 48]", "data.batch_size=16", "eval.flip=false", "train.log_every=1"]
@@ -24,7 +24,7 @@ def test_thirty_steps_lower_the_loss(tmp_path, head):
     cfg = load_config("configs/debug.yaml", FAST + [f"head.type={head}", f"train.out_dir={tmp_path}",
                                                     "train.steps=30", "optim.warmup_steps=5"])
     session = Session(cfg, quiet=True)
-    losses = [float(session.trainer.train_step(*next(session.dataset))["loss"]) for _ in range(30)]
+    losses = [float(session.trainer.train_step(*next(session.dataset)).scalars["loss"]) for _ in range(30)]
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
 
@@ -109,4 +109,4 @@ def test_every_config_trains(tmp_path, name):
              f"train.out_dir={tmp_path}", "train.steps=2"]
     session = Session(load_config(f"configs/{name}", small), quiet=True)
     for _ in range(2):
-        assert np.isfinite(float(session.trainer.train_step(*next(session.dataset))["loss"]))
+        assert np.isfinite(float(session.trainer.train_step(*next(session.dataset)).scalars["loss"]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distface.losses.sampler import identity_balanced_batches
+from distface.data.sampler import identity_balanced_batches
 from distface.losses.triplet import triplet_loss, triplet_loss_mean
 
 DISTANCE_NAMES = ["squared_l2", "l2", "angular"]

@@ -30,8 +30,8 @@ def run_objective(engine, trainer, embeddings, labels):
     def replica_fn(x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss, _ = trainer._triplet(x, y)
-        return engine.all_reduce_sum(loss), tape.gradient(loss, x)
+            loss, _ = trainer.objective.loss(engine.collectives, x, y, trainer.state.step, trainer.global_batch)
+        return engine.collectives.all_reduce_sum(loss), tape.gradient(loss, x)
 
     if engine.num_replicas == 1:
         loss, grad = tf.function(replica_fn)(tf.constant(embeddings), tf.constant(labels))

@@ -64,3 +64,32 @@ def test_cli_fails_naming_the_file_or_skips(tree, tmp_path):
     skipped = cli(tree, tmp_path / "skip", "--set", "data.bad_images=skip")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     assert "left out 4 of 17 images" in skipped.stderr
+
+
+class NotChief:
+    """The single-device engine as a job's second process would see itself (not the chief)."""
+
+    def __new__(cls):
+        from distface.parallel.single import SingleEngine
+
+        class Worker(SingleEngine):
+            process_index = 1
+
+        return Worker()
+
+
+@pytest.mark.parametrize("chief", [True, False], ids=["chief", "worker"])
+def test_only_the_chief_reports_left_out_images(tree, tmp_path, capsys, monkeypatch, chief):
+    import distface.parallel
+    from distface.components import load_config
+    from distface.parallel.single import SingleEngine
+    from distface.train import Session
+
+    monkeypatch.setattr(distface.parallel, "build_engine", lambda *args: SingleEngine() if chief else NotChief())
+    cfg = load_config("configs/debug.yaml", ["data.source=folder", f"data.path={tree}", "data.bad_images=skip",
+                                             "data.batch_size=4", "model.image_size=[40, 36]",
+                                             f"train.out_dir={tmp_path / 'run'}"])
+    Session(cfg, quiet=True)
+    printed = capsys.readouterr()
+    assert ("left out 4 of 17 images" in printed.err) == chief, printed.err
+    assert "left out" not in printed.out

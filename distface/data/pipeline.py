@@ -1,13 +1,17 @@
-"""tf.data pipelines: decode (jpg/png/bmp/gif/pgm) -> resize -> flip -> normalise -> batch."""
+"""tf.data pipelines: keys (a fresh permutation each epoch, or P x K identity-balanced) -> decode (jpg/png/bmp/gif/
+pgm) -> resize -> flip -> normalise -> batch."""
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator, Protocol, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
+from distface.config import InputError
 from distface.data.folders import ImageList
+from distface.data.sampler import balanced_keys
 
 _PGM_HEADER_BYTES = 1024  # the header (magic, width, height, maxval and any comments) must fit in this
 
@@ -100,7 +104,7 @@ def portable_images(paths: Sequence[str]) -> Iterator[bytes]:
         try:
             data = next(it)
         except tf.errors.OpError as e:
-            raise ValueError(f"{path}: cannot be read as an image: {e.message.splitlines()[0]}") from None
+            raise InputError(f"{path}: cannot be read as an image: {e.message.splitlines()[0]}") from None
         yield data.numpy()
 
 
@@ -118,40 +122,42 @@ def preprocess(image: tf.Tensor, image_size: Sequence[int], training: bool,
 
 
 _READ_BATCH = 64  # keys an EncodedSource reads per call: one Python call per record caps a .rec near 10k/s
+CACHE_FRACTION = 0.25  # of available memory a shard's decoded images may take: the rest is the model's and tf.data's
 
 
 class EncodedSource(Protocol):
     """A packed set of encoded images (distface.data.recordio.RecordIOSource, tfrecord.TFRecordSource)."""
 
-    def examples(self, num_shards: int, shard_index: int) -> tuple[tf.data.Dataset, int]:
-        """(dataset of (key, int32 label) of one shard, cut before any image bytes are read; its size)."""
+    def __len__(self) -> int:
+        """Images in the set."""
 
-    def read(self, keys: tf.Tensor) -> tf.Tensor:
-        """The encoded images (tf.string [n]) of keys [n]."""
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, int32 labels) of every image in list order, from the index alone: no image is read.
+        A label of -1 means read() gives it with the image."""
+
+    def read(self, keys: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+        """The encoded images (tf.string [n]) of keys [n], with their labels (int32 [n]) when keys() had none."""
 
 
 Source = Union[ImageList, EncodedSource, tuple[np.ndarray, np.ndarray]]
 
 
-def _shard(source: Source, num_shards: int, shard_index: int) -> tuple[tf.data.Dataset, int, bool]:
-    """(dataset of (key, label) of this shard, its size, whether keys are already uint8 images)."""
-    if hasattr(source, "examples"):
-        return *source.examples(num_shards, shard_index), False
+def _shard(source: Source, num_shards: int, shard_index: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(keys, labels, whether keys are uint8 images already) of this shard, in list order; nothing is read."""
     if isinstance(source, ImageList):
-        ds = tf.data.Dataset.from_tensor_slices((list(source.paths), source.labels))
-        size, decoded = len(source), False
+        keys, labels, decoded = np.array(source.paths, dtype=object), source.labels, False
+    elif isinstance(source, tuple):
+        keys, labels = np.asarray(source[0]), np.asarray(source[1], np.int32)
+        rgb = keys.ndim == 4 and keys.shape[-1] == 3
+        if keys.dtype != np.uint8 or not rgb or labels.shape != keys.shape[:1]:
+            raise InputError(f"in-memory source must be (uint8 [N, h, w, 3], int [N]), "
+                             f"got images {keys.dtype}{list(keys.shape)} and labels {list(labels.shape)}")
+        decoded = True
     else:
-        images, labels = source
-        images, labels = np.asarray(images), np.asarray(labels, np.int32)
-        rgb = images.ndim == 4 and images.shape[-1] == 3
-        if images.dtype != np.uint8 or not rgb or labels.shape != images.shape[:1]:
-            raise ValueError(f"in-memory source must be (uint8 [N, h, w, 3], int [N]), "
-                             f"got images {images.dtype}{list(images.shape)} and labels {list(labels.shape)}")
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        size, decoded = len(labels), True
+        (keys, labels), decoded = source.keys(), False
     # Distribution: each worker keeps every num_shards-th example of the list, before any decoding or
     # shuffling, so the workers read disjoint examples and never decode files they drop.
-    return ds.shard(num_shards, shard_index), len(range(shard_index, size, num_shards)), decoded
+    return keys[shard_index::num_shards], labels[shard_index::num_shards], decoded
 
 
 def _decode(ds: tf.data.Dataset, source: Source, deterministic: bool | None) -> tf.data.Dataset:
@@ -159,48 +165,154 @@ def _decode(ds: tf.data.Dataset, source: Source, deterministic: bool | None) -> 
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     if isinstance(source, ImageList):
         return ds.map(lambda path, label: (decode_image(path), label), **parallel)
-    ds = ds.batch(_READ_BATCH).map(lambda keys, labels: (source.read(keys), labels), **parallel).unbatch()
+
+    def read(keys, labels):
+        data = source.read(keys)
+        return data if isinstance(data, tuple) else (data, labels)
+
+    ds = ds.batch(_READ_BATCH).map(read, **parallel).unbatch()
     return ds.map(lambda data, label: (decode_image_bytes(data), label), **parallel)
 
 
-def train_dataset(source: Source, *, image_size: Sequence[int],
-                  batch_size: int, seed: int | None, shuffle_buffer: int = 10000, flip: bool = True,
-                  num_shards: int = 1, shard_index: int = 0, cache: bool = True,
-                  skip_batches: int = 0) -> tf.data.Dataset:
+def available_memory() -> int:
+    """Bytes this machine can give without swapping: MemAvailable (free + reclaimable page cache), else free pages."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def shard_cache(source: Source, cache: bool | str, image_size: Sequence[int], num_shards: int = 1,
+                shard_index: int = 0, budget: int | None = None) -> tuple[bool, str]:
+    """(whether train_dataset caches this shard's decoded images, one line saying why) for data.cache.
+
+    cache: auto caches when the shard's decoded size (images x h x w x 3 bytes at image_size) is within `budget`
+    bytes (default CACHE_FRACTION of available_memory()); true that is not within it raises InputError naming the
+    size, before any image is read; false (or an in-memory source, decoded already) never caches. Nothing prints.
+    """
+    mode = {True: "true", False: "false"}.get(cache, cache)
+    if mode not in ("auto", "true", "false"):
+        raise InputError(f"data.cache: expected auto, true or false, got {cache!r}")
+    if isinstance(source, tuple):
+        return False, "data.cache: not needed, the images are in memory already"
+    count = len(range(shard_index, len(source), num_shards))
+    if mode == "false":
+        return False, f"data.cache: false: the shard's {count} images are read and decoded every epoch"
+    h, w = image_size
+    need = count * h * w * 3
+    if budget is None:
+        available = available_memory()
+        budget, within = int(CACHE_FRACTION * available), f"{CACHE_FRACTION:.0%} of {_gib(available)} available"
+    else:
+        within = f"the budget of {_gib(budget)}"
+    size = f"{count} decoded images of {h}x{w}x3 take {_gib(need)}"
+    if mode == "true" and need > budget:
+        raise InputError(f"data.cache: true, but this shard's {size}, more than {within}: set it to auto or false")
+    on = need <= budget
+    return on, (f"data.cache: {mode} -> {'on' if on else 'off'}: the shard's {size}, "
+                f"{'within' if on else 'more than'} {within}")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2 ** 30:.2f} GiB"
+
+
+def train_dataset(source: Source, *, image_size: Sequence[int], batch_size: int, seed: int | None,
+                  flip: bool = True, num_shards: int = 1, shard_index: int = 0, cache: bool | str = "auto",
+                  cache_budget: int | None = None, skip_batches: int = 0) -> tf.data.Dataset:
     """Endless batches (images float32 [batch_size, h, w, 3], labels int32 [batch_size]) of this shard.
 
     source: an ImageList (files), an EncodedSource (.rec, .tfrecord) or in-memory (uint8 images, labels).
-    batch_size is per replica. The same seed gives the same batches; each epoch is shuffled anew. Sources
-    holding the same images in the same order give the same batches. `skip_batches` resumes the stream after
-    that many batches (exactly the batches an uninterrupted run would give next), skipping keys before any
-    image is read.
+    batch_size is per replica. Each epoch is a fresh permutation of the whole shard (packs are sorted by identity:
+    a shuffle buffer would mix only neighbouring identities); the same seed gives the same batches, and sources
+    holding the same images in the same order give the same batches. cache, cache_budget: as shard_cache.
+    `skip_batches` resumes the stream after that many batches (exactly the batches an uninterrupted run would give
+    next), skipping keys before any image is read (unless the images are decoded into the cache).
     """
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}")
+    _check_shard(num_shards, shard_index)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ds, shard_size, decoded = _shard(source, num_shards, shard_index)
-    if shard_size < batch_size:
-        raise ValueError(f"shard {shard_index} of {num_shards} has {shard_size} examples, fewer than "
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    keys, labels, decoded = _shard(source, num_shards, shard_index)
+    if len(keys) < batch_size:
+        raise InputError(f"shard {shard_index} of {num_shards} has {len(keys)} examples, fewer than "
                          f"batch_size {batch_size}: it would yield no batches")
+    start = skip_batches * batch_size
+    # Distribution: each shard draws its own order, so the workers' batches do not pair up neighbouring examples.
+    stream_seed = _shard_seed(seed, shard_index)
+    if shard_cache(source, cache, image_size, num_shards, shard_index, cache_budget)[0]:
+        # The cache holds the shard decoded in list order; a shuffle buffer as large as the shard permutes it
+        # exactly each epoch, holding the cache's own tensors. The first batch waits for the whole shard.
+        ds = _decode(tf.data.Dataset.from_tensor_slices((keys, labels)), source, True if seed is not None else None)
+        ds = ds.cache().shuffle(len(keys), seed=stream_seed, reshuffle_each_iteration=True).repeat().skip(start)
+        return _batches(ds, None, image_size=image_size, batch_size=batch_size, seed=seed, flip=flip,
+                        shard_index=shard_index, start=start)
+    keys_t, labels_t = tf.constant(keys), tf.constant(labels)
+    ds = permuted_indices(len(keys), stream_seed, start).map(lambda i: (tf.gather(keys_t, i), tf.gather(labels_t, i)))
+    return _batches(ds, None if decoded else source, image_size=image_size, batch_size=batch_size, seed=seed,
+                    flip=flip, shard_index=shard_index, start=start)
+
+
+def permuted_indices(size: int, seed: int | None, start: int = 0) -> tf.data.Dataset:
+    """Endless int64 indices into range(size): epoch e (elements e*size .. (e+1)*size - 1) is the permutation of
+    range(size) seeded by (seed, e), different each epoch. The stream begins `start` elements in, drawing only the
+    epochs it reaches: a resume costs one permutation, not the skipped elements. seed None: a fresh order per call.
+    """
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2 ** 62))
+    first, offset = divmod(start, size)
+
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(tf.range(size, dtype=tf.int64), tf.stack([seed, e]))
+        return tf.data.Dataset.from_tensor_slices(order[tf.where(e == first, offset, 0):])
+
+    return tf.data.Dataset.range(first, tf.int64.max).flat_map(epoch)
+
+
+def balanced_dataset(source: ImageList, *, identities_per_batch: int, images_per_identity: int,
+                     image_size: Sequence[int], seed: int, flip: bool = True, num_shards: int = 1,
+                     shard_index: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
+    """Endless P x K batches (images float32 [P*K, h, w, 3], labels int32 [P*K]) of this shard's identities,
+    for triplet mining; `skip_batches` resumes as train_dataset's does, reading no image it skips."""
+    _check_shard(num_shards, shard_index)
+    batch_size = identities_per_batch * images_per_identity
+    keys = balanced_keys(source, identities_per_batch, images_per_identity, seed, num_shards, shard_index)
+    start = skip_batches * batch_size
+    return _batches(keys.skip(start), source, image_size=image_size, batch_size=batch_size, seed=seed, flip=flip,
+                    shard_index=shard_index, start=start)
+
+
+def _shard_seed(seed: int | None, shard_index: int) -> int | None:
+    """The seed of one worker's random draws: independent per worker, shard 0 keeps the single-device seed."""
+    return None if seed is None else seed + 1_000_003 * shard_index
+
+
+def _check_shard(num_shards: int, shard_index: int) -> None:
+    if not 0 <= shard_index < num_shards:
+        raise InputError(f"shard_index must be in [0, num_shards={num_shards}), got {shard_index}")
+
+
+def _batches(ds: tf.data.Dataset, source: Source | None, *, image_size: Sequence[int], batch_size: int,
+             seed: int | None, flip: bool, shard_index: int, start: int) -> tf.data.Dataset:
+    """The tail every training stream shares: endless (key or uint8 image, label) -> batches.
+
+    source: what decodes the keys, or None when ds holds images already. ds begins at element `start` of the
+    uninterrupted stream (a resume), which numbers the flips.
+    """
     deterministic = True if seed is not None else None
-    if not decoded and cache:
-        ds = _decode(ds, source, deterministic).cache()
-        decoded = True
-    # Without the cache, keys (paths, record indices) are shuffled before their images are read.
-    ds = ds.shuffle(min(shuffle_buffer, shard_size), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.skip(skip_batches * batch_size)
-    if not decoded:
+    if source is not None:
         ds = _decode(ds, source, deterministic)
 
     def augment(index, example):
         image, label = example
-        # The element index makes each flip's stateless seed unique, so runs repeat exactly in parallel maps;
-        # the shard index keeps the workers' flips independent (shard 0 keeps the single-device seed).
-        flip_seed = None if seed is None else tf.stack([tf.constant(seed + 1_000_003 * shard_index, tf.int64), index])
+        # The element index makes each flip's stateless seed unique, so runs repeat exactly in parallel maps.
+        flip_seed = None if seed is None else tf.stack([tf.constant(_shard_seed(seed, shard_index), tf.int64), index])
         return preprocess(image, image_size, training=flip, seed=flip_seed), label
 
-    ds = ds.enumerate(start=skip_batches * batch_size)
+    ds = ds.enumerate(start=start)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from distface.config import InputError
 from distface.data.folders import ImageList
 from distface.data.pipeline import decode_image_bytes, portable_images
 
@@ -41,7 +42,7 @@ def _pad4(n):
 def encode_record(payload: bytes) -> bytes:
     """The bytes on disk of one payload: split where the magic number sits at a 4-aligned position, padded."""
     if len(payload) > _MAX_LENGTH:
-        raise ValueError(f"RecordIO records hold at most {_MAX_LENGTH} bytes, got {len(payload)}")
+        raise InputError(f"RecordIO records hold at most {_MAX_LENGTH} bytes, got {len(payload)}")
     words = np.frombuffer(payload, "<u4", len(payload) // 4)
     cuts = (np.flatnonzero(words == MAGIC) * 4).tolist()
     starts, ends = [0] + [c + 4 for c in cuts], cuts + [len(payload)]
@@ -64,13 +65,13 @@ def pack_payload(label: float | list[float], image: bytes = b"", key: int = 0) -
 def unpack_payload(payload: bytes) -> tuple[np.ndarray, bytes]:
     """(float32 labels: the header's label, or its `flag` extra labels; image bytes) of one payload."""
     if len(payload) < _IR_HEADER.size:
-        raise ValueError(f"{len(payload)} bytes, shorter than the {_IR_HEADER.size}-byte IRHeader")
+        raise InputError(f"{len(payload)} bytes, shorter than the {_IR_HEADER.size}-byte IRHeader")
     flag, label, _, _ = _IR_HEADER.unpack_from(payload)
     if flag == 0:
         return np.array([label], np.float32), payload[_IR_HEADER.size:]
     end = _IR_HEADER.size + 4 * flag
     if len(payload) < end:
-        raise ValueError(f"IRHeader announces {flag} labels but the record has {len(payload)} bytes")
+        raise InputError(f"IRHeader announces {flag} labels but the record has {len(payload)} bytes")
     return np.frombuffer(payload, "<f4", flag, _IR_HEADER.size).astype(np.float32), payload[end:]
 
 
@@ -103,17 +104,17 @@ class RecordIOSource:
                 first = int(labels[0])
                 image_keys = np.arange(1, first)
         if image_keys.size == 0:
-            raise ValueError(f"{rec}: no image records")
+            raise InputError(f"{rec}: no image records")
         rows = np.minimum(np.searchsorted(keys, image_keys), len(keys) - 1)
         missing = np.flatnonzero(keys[rows] != image_keys)
         if missing.size:
-            raise ValueError(f"{idx}: no key {image_keys[missing[0]]}, which record 0 of {rec.name} lists as an "
+            raise InputError(f"{idx}: no key {image_keys[missing[0]]}, which record 0 of {rec.name} lists as an "
                              f"image (images are keys 1..{image_keys[-1]})")
         self.record_offsets = offsets[rows]
         self._image_start, self._image_length, self._split, labels = self._scan(self.record_offsets)
         bad = np.flatnonzero(~np.isfinite(labels) | (labels < 0) | (labels != np.floor(labels)))
         if bad.size:
-            raise ValueError(f"{rec}: record at offset {self.record_offsets[bad[0]]} has label {labels[bad[0]]}, "
+            raise InputError(f"{rec}: record at offset {self.record_offsets[bad[0]]} has label {labels[bad[0]]}, "
                              "not a class number (an integer >= 0)")
         self.labels = labels.astype(np.int32)
         self.labels.setflags(write=False)
@@ -140,9 +141,8 @@ class RecordIOSource:
         return data
 
     # EncodedSource (distface.data.pipeline): keys are image indices, read by a numpy_function at their offset.
-    def examples(self, num_shards: int, shard_index: int) -> tuple[tf.data.Dataset, int]:
-        ds = tf.data.Dataset.from_tensor_slices((np.arange(len(self), dtype=np.int64), self.labels))
-        return ds.shard(num_shards, shard_index), len(range(shard_index, len(self), num_shards))
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(len(self), dtype=np.int64), self.labels
 
     def read(self, keys: tf.Tensor) -> tf.Tensor:
         # A numpy_function, because no TF op reads a byte range of a file. os.pread releases the GIL while it
@@ -166,23 +166,23 @@ class RecordIOSource:
             for no, line in enumerate(text.splitlines(), 1):  # name the first bad line; blank lines pass
                 fields = line.split()
                 if fields and (len(fields) != 2 or not all(f.isdigit() for f in fields)):
-                    raise ValueError(f"{self.idx_path}:{no}: expected 'key<TAB>offset', got {line[:60]!r}")
+                    raise InputError(f"{self.idx_path}:{no}: expected 'key<TAB>offset', got {line[:60]!r}")
             if numbers is None or numbers.size % 2:
-                raise ValueError(f"{self.idx_path}: not a RecordIO index ('key<TAB>offset' lines)")
+                raise InputError(f"{self.idx_path}: not a RecordIO index ('key<TAB>offset' lines)")
         table = numbers.reshape(-1, 2)
         keys, offsets = table[:, 0], table[:, 1]
         if keys.size == 0:
-            raise ValueError(f"{self.idx_path}: no records")
+            raise InputError(f"{self.idx_path}: no records")
         past = np.flatnonzero((offsets < 0) | (offsets + 8 > self._size))
         if past.size:
             k = past[0]
-            raise ValueError(f"{self.idx_path}: key {keys[k]} points at offset {offsets[k]}, past the end of "
+            raise InputError(f"{self.idx_path}: key {keys[k]} points at offset {offsets[k]}, past the end of "
                              f"{self.rec_path.name} ({self._size} bytes)")
         order = np.argsort(keys, kind="stable")
         keys, offsets = keys[order], offsets[order]
         twice = np.flatnonzero(np.diff(keys) == 0)
         if twice.size:
-            raise ValueError(f"{self.idx_path}: key {keys[twice[0]]} appears twice")
+            raise InputError(f"{self.idx_path}: key {keys[twice[0]]} appears twice")
         return keys, offsets
 
     def _unpack_at(self, offset: int) -> tuple[np.ndarray, bytes]:
@@ -190,7 +190,7 @@ class RecordIOSource:
         try:
             return unpack_payload(payload)
         except ValueError as e:
-            raise ValueError(f"{self.rec_path}: record at offset {offset}: {e}") from None
+            raise InputError(f"{self.rec_path}: record at offset {offset}: {e}") from None
 
     def _read_record(self, offset: int) -> bytes:
         """The payload of the record at offset, its parts joined."""
@@ -198,22 +198,22 @@ class RecordIOSource:
         while True:
             head = os.pread(self._file.fileno(), 8, pos)
             if len(head) < 8:
-                raise ValueError(f"{self.rec_path}: truncated record at offset {pos}: the file ends inside its "
+                raise InputError(f"{self.rec_path}: truncated record at offset {pos}: the file ends inside its "
                                  "8-byte header")
             magic, lrecord = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise ValueError(f"{self.rec_path}: bad magic 0x{magic:08x} at offset {pos} "
+                raise InputError(f"{self.rec_path}: bad magic 0x{magic:08x} at offset {pos} "
                                  f"(expected 0x{MAGIC:08x})")
             cflag, length = lrecord >> _LENGTH_BITS, lrecord & _MAX_LENGTH
             if pos == offset and cflag > 1:
-                raise ValueError(f"{self.rec_path}: record at offset {pos} starts with continuation flag {cflag}: "
+                raise InputError(f"{self.rec_path}: record at offset {pos} starts with continuation flag {cflag}: "
                                  "the .idx points inside a split record")
             if pos != offset and cflag not in (2, 3):
-                raise ValueError(f"{self.rec_path}: split record at offset {offset}: its part at offset {pos} has "
+                raise InputError(f"{self.rec_path}: split record at offset {offset}: its part at offset {pos} has "
                                  f"continuation flag {cflag}, expected 2 or 3")
             data = os.pread(self._file.fileno(), length, pos + 8)
             if len(data) < length:
-                raise ValueError(f"{self.rec_path}: truncated record at offset {pos}: its header announces "
+                raise InputError(f"{self.rec_path}: truncated record at offset {pos}: its header announces "
                                  f"{length} bytes, the file ends after {len(data)}")
             parts.append(data)
             if cflag in (0, 3):
@@ -267,7 +267,7 @@ class RecordIOSource:
     def _raise_first(self, bad: np.ndarray, message: Callable[[int], str]) -> None:
         hits = np.flatnonzero(bad)
         if hits.size:
-            raise ValueError(f"{self.rec_path}: {message(hits[0])}")
+            raise InputError(f"{self.rec_path}: {message(hits[0])}")
 
     def _num_classes(self) -> int:
         found = int(self.labels.max()) + 1 if len(self) else 0
@@ -277,7 +277,7 @@ class RecordIOSource:
         declared = read_property(prop)[0]
         if found > declared:
             k = int(np.argmax(self.labels))
-            raise ValueError(f"{prop} declares {declared} classes but {self.rec_path.name} has label "
+            raise InputError(f"{prop} declares {declared} classes but {self.rec_path.name} has label "
                              f"{self.labels[k]} at offset {self.record_offsets[k]}")
         return declared
 
@@ -287,7 +287,7 @@ def read_property(path: str | os.PathLike) -> tuple[int, int, int]:
     text = Path(path).read_text(encoding="ascii", errors="replace").strip()
     fields = text.split(",")
     if len(fields) != 3 or not all(f.strip().isdigit() for f in fields):
-        raise ValueError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}")
+        raise InputError(f"{path}: expected 'num_classes,height,width', got {text[:60]!r}")
     num_classes, height, width = (int(f) for f in fields)
     return num_classes, height, width
 
@@ -304,9 +304,9 @@ def write_recordio(images: ImageList, rec_path: str | os.PathLike,
     idx, prop = rec.with_suffix(".idx"), rec.parent / "property"
     labels = np.asarray(images.labels)
     if np.any(np.diff(labels) < 0):
-        raise ValueError("write_recordio needs the images grouped by label (non-decreasing labels)")
+        raise InputError("write_recordio needs the images grouped by label (non-decreasing labels)")
     if len(images) == 0:
-        raise ValueError("write_recordio: no images to pack")
+        raise InputError("write_recordio: no images to pack")
     n, num_classes = len(images), images.num_classes
     starts = np.searchsorted(labels, np.arange(num_classes + 1))  # image i is key i + 1
     with atomic_outputs(rec, idx, prop) as temps, open(temps[0], "wb") as rec_file, \

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from distface.config import InputError
+
 _GRID = (8, 8)          # control points of a template; few points make it smooth
 _MAX_SHIFT = 4          # pixels, each direction
 _MAX_BRIGHTNESS = 15.0  # grey levels, each direction
@@ -30,7 +32,7 @@ def synthetic_images(num_identities: int, images_per_identity: int, image_size: 
     The same arguments always give the same arrays.
     """
     if num_identities < 1 or images_per_identity < 1:
-        raise ValueError(f"synthetic_images needs at least 1 identity and 1 image each, "
+        raise InputError(f"synthetic_images needs at least 1 identity and 1 image each, "
                          f"got {num_identities} x {images_per_identity}")
     h, w = image_size
     rng = np.random.default_rng(seed)

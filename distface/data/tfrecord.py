@@ -6,14 +6,17 @@ exactly the examples the image-folder pipeline gives it (every W-th from w): sam
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
+from array import array
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from distface.config import InputError
 from distface.data.folders import ImageList, natural_key
 from distface.data.pipeline import decode_image_bytes, portable_images
 from distface.data.recordio import atomic_outputs, read_property
@@ -41,9 +44,9 @@ def write_tfrecord(images: ImageList, out: str | os.PathLike, num_files: int = 1
     at all. progress(done, total) follows the images. Returns the TFRecord paths.
     """
     if num_files < 1:
-        raise ValueError(f"num_files must be >= 1, got {num_files}")
+        raise InputError(f"num_files must be >= 1, got {num_files}")
     if len(images) < num_files:
-        raise ValueError(f"{len(images)} images cannot fill {num_files} files")
+        raise InputError(f"{len(images)} images cannot fill {num_files} files")
     paths = tfrecord_paths(out, num_files)
     prop = paths[0].parent / "property"
     with atomic_outputs(*paths, prop) as temps:
@@ -70,20 +73,27 @@ def write_tfrecord(images: ImageList, out: str | os.PathLike, num_files: int = 1
 
 def count_records(path: str | os.PathLike) -> int:
     """Records in a TFRecord file, from its length prefixes alone (the data is skipped, its CRC not checked)."""
+    return len(record_index(path)[0])
+
+
+def record_index(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(byte offset, data length) of every record in a TFRecord file, int64 each, from its length prefixes alone."""
     path = Path(path)
-    size, count, pos = path.stat().st_size, 0, 0
-    with open(path, "rb") as f:
-        while pos < size:
-            f.seek(pos)
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError(f"{path}: truncated record at offset {pos}: the file ends inside its length")
-            end = pos + 12 + struct.unpack("<Q", head)[0] + 4  # length, its CRC, data, the data's CRC
+    size, pos = path.stat().st_size, 0
+    starts, lengths = array("q"), array("q")
+    with open(path, "rb") as f, (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else memoryview(b"")) as mm:
+        while pos < size:  # each offset depends on the last length: a Python walk, one unpack per record
+            if pos + 8 > size:
+                raise InputError(f"{path}: truncated record at offset {pos}: the file ends inside its length")
+            (length,) = struct.unpack_from("<Q", mm, pos)
+            end = pos + 12 + length + 4  # length, its CRC, data, the data's CRC
             if end > size:
-                raise ValueError(f"{path}: truncated record at offset {pos}: it needs {end - pos} bytes, "
+                raise InputError(f"{path}: truncated record at offset {pos}: it needs {end - pos} bytes, "
                                  f"the file has {size - pos} left")
-            pos, count = end, count + 1
-    return count
+            starts.append(pos)
+            lengths.append(length)
+            pos = end
+    return np.frombuffer(starts, np.int64), np.frombuffer(lengths, np.int64)
 
 
 class TFRecordSource:
@@ -91,7 +101,8 @@ class TFRecordSource:
 
     path: one file, a folder (its *.tfrecord files), a glob pattern, or a list of files; several files are taken
     in natural order (-00002-of- before -00010-of-). num_classes comes from `property` beside the first file,
-    else from one pass over the labels. Attributes: files, counts (records per file), num_classes.
+    else from one pass over the labels. Opening walks each record's length prefix (not its data) to index the
+    records for reading in any order. Attributes: files, counts (records per file), num_classes.
     """
 
     def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike]):
@@ -111,9 +122,18 @@ class TFRecordSource:
                 if not f.is_file():
                     raise FileNotFoundError(f"TFRecord file not found: {f}")
         self.files = sorted(files, key=lambda f: natural_key(str(f)))
-        self.counts = np.array([count_records(f) for f in self.files], np.int64)
+        index = [record_index(f) for f in self.files]
+        self.counts = np.array([len(starts) for starts, _ in index], np.int64)
         if self.counts.sum() == 0:
-            raise ValueError(f"no records in {', '.join(map(str, self.files))}")
+            raise InputError(f"no records in {', '.join(map(str, self.files))}")
+        # Records in list order (the files interleaved one at a time): the file and the data's byte range of each.
+        rows = np.concatenate([np.arange(c) for c in self.counts])
+        file_of = np.repeat(np.arange(len(self.files), dtype=np.int32), self.counts)
+        order = np.lexsort((file_of, rows))
+        self._file_of = file_of[order]
+        self._data_start = np.concatenate([starts + 12 for starts, _ in index])[order]  # after length and its CRC
+        self._data_length = np.concatenate([lengths for _, lengths in index])[order]
+        self._fds = [os.open(f, os.O_RDONLY) for f in self.files]  # os.pread on them: threads share no position
         prop = self.files[0].parent / "property"
         if prop.is_file():
             self.num_classes = read_property(prop)[0]
@@ -127,8 +147,34 @@ class TFRecordSource:
     def __repr__(self) -> str:
         return f"TFRecordSource({len(self.files)} files: {len(self)} images, {self.num_classes} classes)"
 
-    # EncodedSource (distface.data.pipeline): keys are the encoded images themselves, read in file order.
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+
+    # EncodedSource (distface.data.pipeline): keys are record indices in list order, read by a numpy_function at
+    # their offset; the index holds no labels, so read() parses them with the images.
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.arange(len(self), dtype=np.int64), np.full(len(self), -1, np.int32)
+
+    def read(self, keys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def read_many(indices: np.ndarray) -> np.ndarray:
+            out = []
+            for i in indices:
+                fd, start, length = self._fds[self._file_of[i]], int(self._data_start[i]), int(self._data_length[i])
+                data = os.pread(fd, length, start)
+                if len(data) != length:
+                    raise OSError(f"{self.files[self._file_of[i]]}: truncated record at offset {start - 12}: "
+                                  "the file shrank after it was opened")
+                out.append(data)
+            return np.array(out, dtype=object)
+
+        records = tf.numpy_function(read_many, [keys], tf.string, stateful=False)
+        records.set_shape(keys.shape)
+        example = tf.io.parse_example(records, _FEATURES)
+        return example[IMAGE_KEY], tf.cast(example[LABEL_KEY], tf.int32)
+
     def examples(self, num_shards: int, shard_index: int) -> tuple[tf.data.Dataset, int]:
+        """(dataset of (encoded image, int32 label) of one shard in list order, read sequentially; its size)."""
         if len(self.files) % num_shards == 0:
             # Distribution: whole files per worker, so each worker reads only its own share of the bytes.
             mine = list(range(shard_index, len(self.files), num_shards))
@@ -138,9 +184,6 @@ class TFRecordSource:
             ds = self._records(self.files).shard(num_shards, shard_index)
             size = len(range(shard_index, len(self), num_shards))
         return ds.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), size
-
-    def read(self, keys: tf.Tensor) -> tf.Tensor:
-        return keys
 
     @staticmethod
     def _parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 
+from distface.config import InputError
 from distface.data.folders import ImageList
 
 _PGM_HEADER = re.compile(rb"P5\s+(?:#[^\n]*\n\s*)*(\d+)\s+(?:#[^\n]*\n\s*)*(\d+)\s+(?:#[^\n]*\n\s*)*(\d+)\s")
@@ -49,7 +50,7 @@ def screen_images(images: ImageList, policy: str) -> tuple[ImageList, list[tuple
         problem = image_problem(path)
         if problem is not None:
             if policy == "fail":
-                raise ValueError(f"{path}: {problem} (set data.bad_images: skip to leave such files out)")
+                raise InputError(f"{path}: {problem} (set data.bad_images: skip to leave such files out)")
             bad.append((path, problem))
     if not bad:
         return images, []

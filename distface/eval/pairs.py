@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distface.config import InputError
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "pgm", "bmp")
 
 
@@ -29,11 +31,11 @@ class Pair:
         for field in ("name1", "name2"):
             name = getattr(self, field)
             if not isinstance(name, str) or not name or any(c.isspace() for c in name):
-                raise ValueError(f"{field} must be a non-empty name without whitespace, got {name!r}")
+                raise InputError(f"{field} must be a non-empty name without whitespace, got {name!r}")
         for field in ("idx1", "idx2"):
             idx = getattr(self, field)
             if isinstance(idx, bool) or not isinstance(idx, (int, np.integer)) or idx < 1:
-                raise ValueError(f"{field} must be a positive image number, got {idx!r}")
+                raise InputError(f"{field} must be a positive image number, got {idx!r}")
             object.__setattr__(self, field, int(idx))  # numpy integers become plain ints
 
     @property
@@ -49,10 +51,10 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     lines = [(no, line.split()) for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
     lines = [(no, fields) for no, fields in lines if fields]
     if not lines:
-        raise ValueError(f"{path}: empty pairs file")
+        raise InputError(f"{path}: empty pairs file")
     (header_no, header), body = lines[0], lines[1:]
     if len(header) not in (1, 2) or not all(f.isdigit() and int(f) > 0 for f in header):
-        raise ValueError(
+        raise InputError(
             f"{path}:{header_no}: header must be '<folds> <pairs per fold>' or '<pairs>', got {' '.join(header)!r}"
         )
     num_folds, per_fold = (1, int(header[0])) if len(header) == 1 else map(int, header)
@@ -60,22 +62,22 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     pairs = []
     for no, fields in body:
         if len(fields) not in (3, 4):
-            raise ValueError(f"{path}:{no}: expected 3 or 4 fields, got {len(fields)}")
+            raise InputError(f"{path}:{no}: expected 3 or 4 fields, got {len(fields)}")
         name1, idx1, name2, idx2 = fields if len(fields) == 4 else (fields[0], fields[1], fields[0], fields[2])
         try:
             pairs.append(Pair(name1, _parse_index(idx1), name2, _parse_index(idx2)))
         except ValueError as e:
-            raise ValueError(f"{path}:{no}: {e}") from None
+            raise InputError(f"{path}:{no}: {e}") from None
 
     expected = 2 * num_folds * per_fold
     if len(pairs) != expected:
-        raise ValueError(
+        raise InputError(
             f"{path}: header promises {num_folds} folds x ({per_fold} same + {per_fold} different)"
             f" = {expected} pairs, found {len(pairs)}"
         )
     bad = _first_misplaced(pairs, per_fold)
     if bad is not None:
-        raise ValueError(f"{path}:{body[bad][0]}: {_misplaced_message(bad, pairs[bad], per_fold)}")
+        raise InputError(f"{path}:{body[bad][0]}: {_misplaced_message(bad, pairs[bad], per_fold)}")
     return pairs
 
 
@@ -83,11 +85,11 @@ def write_pairs(path: str | os.PathLike, pairs: Sequence[Pair], num_folds: int) 
     """Write pairs, already in fold order (each fold n same then n different), atomically."""
     pairs = list(pairs)
     if num_folds < 1 or not pairs or len(pairs) % (2 * num_folds):
-        raise ValueError(f"{len(pairs)} pairs cannot form {num_folds} folds of n same + n different pairs")
+        raise InputError(f"{len(pairs)} pairs cannot form {num_folds} folds of n same + n different pairs")
     per_fold = len(pairs) // (2 * num_folds)
     bad = _first_misplaced(pairs, per_fold)
     if bad is not None:
-        raise ValueError(f"pair {bad + 1}: {_misplaced_message(bad, pairs[bad], per_fold)}")
+        raise InputError(f"pair {bad + 1}: {_misplaced_message(bad, pairs[bad], per_fold)}")
 
     lines = [f"{num_folds}\t{per_fold}"]
     for p in pairs:
@@ -118,12 +120,12 @@ def make_pairs(images_per_identity: Mapping[str, int], seed: int = 0, num_folds:
     for name in names:
         c = images_per_identity[name]
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
-            raise ValueError(f"image count of {name!r} must be an integer >= 0, got {c!r}")
+            raise InputError(f"image count of {name!r} must be an integer >= 0, got {c!r}")
     counts = np.array([images_per_identity[n] for n in names], dtype=np.int64)
     same = [Pair(n, i, n, j) for n, c in zip(names, counts) for i in range(1, c + 1) for j in range(i + 1, c + 1)]
     per_fold = len(same) // num_folds if num_folds >= 1 else 0
     if per_fold == 0:
-        raise ValueError(f"{len(same)} same-identity pairs cannot fill {num_folds} folds")
+        raise InputError(f"{len(same)} same-identity pairs cannot fill {num_folds} folds")
     rng = np.random.default_rng(seed)
     same = [same[k] for k in rng.permutation(len(same))[: per_fold * num_folds]]
     diff = _sample_different(names, counts, per_fold * num_folds, rng)
@@ -163,7 +165,7 @@ def pair_image_paths(root: str | os.PathLike, pairs: Iterable[Pair]) -> tuple[li
 
 def _parse_index(text: str) -> int:
     if not text.isdigit():
-        raise ValueError(f"image number {text!r} is not a positive integer")
+        raise InputError(f"image number {text!r} is not a positive integer")
     return int(text)
 
 
@@ -198,7 +200,7 @@ def _sample_different(names: list[str], counts: np.ndarray, k: int, rng: np.rand
     partners = total_images - ends[ident]  # images after g's block
     first = np.concatenate([[0], np.cumsum(partners)])
     if k > first[-1]:
-        raise ValueError(f"need {k} different-identity pairs but only {int(first[-1])} exist")
+        raise InputError(f"need {k} different-identity pairs but only {int(first[-1])} exist")
     drawn = rng.choice(int(first[-1]), size=k, replace=False)  # shuffled
     a = np.searchsorted(first, drawn, side="right") - 1
     b = ends[ident[a]] + (drawn - first[a])

@@ -11,6 +11,8 @@ Conventions, fixed here once:
 - Standard deviations are over folds with ``ddof=0``, as facenet reports them.
 - A fold with no different pairs has FAR 0; a test fold with no same pairs has no VAL and is left out
   of ``val`` / ``val_std`` (NaN if every fold is like that).
+- The ROC is kept at the fixed FARs ``ROC_FARS`` (TAR at FAR <= f over all pairs, exact: no interpolation),
+  so every record holds the same 41 points however many pairs there are.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+ROC_FARS = tuple(float(f) for f in np.logspace(-4, 0, 41))  # 10 per decade, 1e-4 .. 1
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,10 @@ class VerificationResult:
     auc: float  # over all pairs
     eer: float  # over all pairs
     num_pairs: int
+    val_threshold: float = float("nan")  # mean VAL threshold (a distance) chosen on the training folds
+    far_target: float = 1e-3  # the FAR val_threshold was chosen for
+    roc_far: tuple[float, ...] = ()  # ROC_FARS
+    roc_tar: tuple[float, ...] = ()  # TAR at FAR <= roc_far[i], over all pairs
 
 
 def pair_distances(emb1: np.ndarray, emb2: np.ndarray) -> np.ndarray:
@@ -86,12 +94,13 @@ def evaluate_distances(
     if not 0.0 <= far_target <= 1.0:
         raise ValueError(f"far_target must be in [0, 1], got {far_target}")
 
-    acc, thr, val, far = [], [], [], []
+    acc, thr, val, far, val_thr = [], [], [], [], []
     for test in np.array_split(np.arange(n), num_folds):
         train = np.ones(n, dtype=bool)
         train[test] = False
         t_acc, t_val = _choose_thresholds(dist[train], same[train], far_target)
         thr.append(t_acc)
+        val_thr.append(t_val)
         acc.append(np.mean((dist[test] < t_acc) == same[test]))
         accept, is_same = dist[test] < t_val, same[test]
         val.append(accept[is_same].mean() if is_same.any() else np.nan)
@@ -99,7 +108,8 @@ def evaluate_distances(
 
     val = np.asarray(val)
     val = val[~np.isnan(val)]
-    auc, eer = _auc_eer(dist, same)
+    tpr, fpr = _roc(dist, same)
+    auc, eer = _auc_eer(tpr, fpr)
     return VerificationResult(
         accuracy=float(np.mean(acc)),
         accuracy_std=float(np.std(acc)),
@@ -110,6 +120,11 @@ def evaluate_distances(
         auc=auc,
         eer=eer,
         num_pairs=n,
+        val_threshold=float(np.mean(val_thr)),
+        far_target=far_target,
+        roc_far=ROC_FARS,
+        # fpr never decreases along the sweep: the last candidate with FAR <= f has the largest TAR.
+        roc_tar=tuple(float(tpr[np.searchsorted(fpr, f, side="right") - 1]) for f in ROC_FARS),
     )
 
 
@@ -141,11 +156,14 @@ def _choose_thresholds(dist: np.ndarray, same: np.ndarray, far_target: float) ->
     return float(t_acc), float(t_val)
 
 
-def _auc_eer(dist: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """ROC AUC (trapezoid; a tie between a same and a different pair counts 1/2) and EER."""
+def _roc(dist: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(TPR, FPR) at every candidate threshold of all pairs, ascending."""
     _, tp, fa = _sweep(dist, same)
-    tpr = tp / same.sum()
-    fpr = fa / (~same).sum()
+    return tp / same.sum(), fa / (~same).sum()
+
+
+def _auc_eer(tpr: np.ndarray, fpr: np.ndarray) -> tuple[float, float]:
+    """ROC AUC (trapezoid; a tie between a same and a different pair counts 1/2) and EER."""
     auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
     # g = FAR - FRR rises from -1 to 1 along the ROC; EER is where the polyline crosses g = 0.
     g = fpr - (1.0 - tpr)

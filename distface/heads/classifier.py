@@ -4,10 +4,13 @@ Each replica holds the whole W [C, d] and classifies its own examples; W's gradi
 like the backbone's. It is the single-device head and the baseline the sharded head (sharded.py) is measured
 and tested against.
 """
+import math
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from distface.config import HeadConfig
-from distface.heads.margins import make_margin, target_angles, target_degrees
+from distface.heads.margins import AngleSums, make_margin, target_angles, target_degrees
 from distface.losses.cross_entropy import softmax_cross_entropy
 
 
@@ -28,8 +31,51 @@ def block_scores(kind: str, weight, bias, embeddings) -> tf.Tensor:
     x = tf.cast(embeddings, tf.float32)
     if kind == "softmax":
         return tf.matmul(x, weight, transpose_b=True) + bias
-    cosine = tf.matmul(tf.math.l2_normalize(x, axis=1), tf.math.l2_normalize(weight, axis=1), transpose_b=True)
-    return tf.clip_by_value(cosine, -1.0, 1.0)
+    return tf.clip_by_value(cosine_to_rows(tf.math.l2_normalize(x, axis=1), weight), -1.0, 1.0)
+
+
+@tf.custom_gradient
+def cosine_to_rows(x, weight):
+    """x [B, d] (unit rows) against the rows of weight [C, d]: (x w_j) / |w_j|, [B, C].
+
+    The scores are divided by the row norms instead of normalising W: a block holds millions of rows, and neither
+    the forward pass nor the gradient makes a normalised copy of it. With g = dL/dcos:
+    dx = (g / |w|) W;  dw_j = (Σ_i g_ij x_i - (Σ_i g_ij cos_ij / |w_j|) w_j) / |w_j|.
+    """
+    inv_norm = tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(weight), axis=1), 1e-12))
+    cosine = tf.matmul(x, weight, transpose_b=True) * inv_norm
+
+    def grad(upstream):
+        scaled = upstream * inv_norm
+        along = tf.reduce_sum(upstream * cosine, axis=0) * inv_norm
+        d_weight = (tf.matmul(upstream, x, transpose_a=True) - along[:, tf.newaxis] * weight) * inv_norm[:, tf.newaxis]
+        return tf.matmul(scaled, weight), d_weight
+
+    return cosine, grad
+
+
+class HeadOutput(NamedTuple):
+    loss: tf.Tensor  # [b] per-example loss of this replica's examples
+    angles: tuple  # margins.AngleSums over the head's columns (summed across replicas by the loop)
+    target_degrees: tf.Tensor  # [b] the examples' target angles θ_y in degrees (for a histogram)
+
+
+ANGLE_COLUMNS = 1024  # columns of a block whose non-target angles are averaged for monitoring
+
+
+def angle_sums(scores, columns, target_degrees_, valid=None) -> AngleSums:
+    """Sums and counts for the mean target and non-target angles (margins.AngleSums) of a block's scores.
+
+    Targets come from every row's own degrees; non-target angles from every k-th column only (at most
+    ANGLE_COLUMNS): an acos over a block of millions of columns would cost a sixth of the step, for a statistic."""
+    stride = max(1, scores.shape[1] // ANGLE_COLUMNS) if scores.shape[1] else 1
+    sample = scores[:, ::stride]
+    if valid is not None:
+        sample = tf.where(valid[::stride], sample, math.nan)
+    sample_columns = tf.where((columns >= 0) & (columns % stride == 0), columns // stride, -1)
+    others = target_angles(sample, sample_columns)
+    return AngleSums(tf.reduce_sum(target_degrees_), tf.reduce_sum(tf.cast(columns >= 0, tf.float32)),
+                     others.other_sum, others.other_count)
 
 
 def feature_norms(embeddings) -> tf.Tensor:
@@ -37,23 +83,30 @@ def feature_norms(embeddings) -> tf.Tensor:
 
 
 class ReplicatedHead(tf.Module):
-    def __init__(self, cfg: HeadConfig, engine, num_classes: int, embedding_size: int, seed: int = 0):
+    """Every head exposes its variables by name: `replicated` (one value on every replica, gradients reduced)
+    and `sharded` (a block per replica, local gradients); the loop, optimizer and checkpoints read only these."""
+
+    block_size = None  # nothing is split by class
+
+    def __init__(self, cfg: HeadConfig, runtime, num_classes: int, embedding_size: int, seed: int = 0):
         super().__init__(name="head")
         self.kind = cfg.type
         self.margin_fn = margin_from_config(cfg)
         self.num_classes = num_classes
-        self.weight = engine.replicated_variable(initial_weight(num_classes, embedding_size, [seed, 0]),
-                                                 name="weight", trainable=True)
-        self.bias = engine.replicated_variable(tf.zeros([num_classes]), name="bias", trainable=True) \
-            if self.kind == "softmax" else None
-        self.replicated_variables = [v for v in (self.weight, self.bias) if v is not None]
-        self.sharded_variables = []
+        self.replicated = {"weight": runtime.replicated_variable(
+            initial_weight(num_classes, embedding_size, [seed, 0]), name="weight", trainable=True)}
+        if self.kind == "softmax":
+            self.replicated["bias"] = runtime.replicated_variable(tf.zeros([num_classes]), name="bias", trainable=True)
+        self.sharded = {}
 
-    def __call__(self, engine, embeddings, labels, step, label_smoothing: float = 0.0):
-        """Per-example loss of this replica's examples [b], angle sums (see margins.target_angles) and the
-        examples' target angles [b] in degrees."""
+    @property
+    def weight(self):
+        return self.replicated["weight"]
+
+    def __call__(self, collectives, embeddings, labels, step, label_smoothing: float = 0.0) -> HeadOutput:
         labels = tf.cast(labels, tf.int32)
-        scores = block_scores(self.kind, self.weight, self.bias, embeddings)
+        scores = block_scores(self.kind, self.weight, self.replicated.get("bias"), embeddings)
         logits = self.margin_fn(scores, labels, feature_norms(embeddings), step)
-        return (softmax_cross_entropy(logits, labels, label_smoothing), target_angles(scores, labels),
-                target_degrees(scores, labels))
+        degrees = target_degrees(scores, labels)
+        return HeadOutput(softmax_cross_entropy(logits, labels, label_smoothing), angle_sums(scores, labels, degrees),
+                          degrees)

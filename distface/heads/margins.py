@@ -9,11 +9,11 @@ Blocks can have millions of columns, so a margin touches only the B target cosin
 them, scatter them back. The rest of the block costs one multiply.
 """
 import math
-from typing import Callable, Union
+from typing import Callable, NamedTuple, Union
 
 import tensorflow as tf
 
-from distface.heads import MARGINS
+from distface.heads import MARGINS, check_margin_params
 
 Scalar = Union[float, tf.Tensor]
 MarginFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, Scalar], tf.Tensor]
@@ -23,7 +23,6 @@ MarginFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, Scalar], tf.Tensor]
 # and bounded by ~707 (1e-7 rounds to 2 ulps: ~6% error, bound ~2048). The price: at c = ±1 the target
 # angle is off by at most sqrt(2·EPS) ≈ 1.4e-3 rad (0.08°), and the gradient there is 0 (clipped).
 EPS = 1e-6
-
 
 
 def _f32(x) -> tf.Tensor:
@@ -76,15 +75,10 @@ def modified_softmax(cosine: tf.Tensor, labels: tf.Tensor, norms: tf.Tensor) -> 
     return _f32(norms)[:, None] * _f32(cosine)
 
 
-def _check_sphere_m(m) -> None:
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"sphereface m must be an integer >= 1, got {m!r}")
-
-
 def sphereface(cosine: tf.Tensor, labels: tf.Tensor, norms: tf.Tensor, m: int = 4,
                lam: Scalar = 0.0) -> tf.Tensor:
     """A-Softmax: target (λ·||x||·cos θ + ||x||·ψ(mθ)) / (1 + λ), others ||x||·cos θ."""
-    _check_sphere_m(m)
+    check_margin_params(sphere_m=m)
     cosine, norms = _f32(cosine), _f32(norms)
 
     def target(t):
@@ -155,12 +149,7 @@ def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 
     """
     if kind not in MARGINS:
         raise ValueError(f"unknown margin kind {kind!r}; known kinds: {', '.join(MARGINS)}")
-    for name, value, ok, rule in (("scale", scale, scale > 0, "> 0"), ("m1", m1, m1 >= 1, ">= 1"),
-                                  ("m2", m2, m2 >= 0, ">= 0"), ("m3", m3, m3 >= 0, ">= 0"),
-                                  ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0")):
-        if not ok:
-            raise ValueError(f"margin {name} must be {rule}, got {value!r}")
-    _check_sphere_m(sphere_m)
+    check_margin_params(scale=scale, m1=m1, m2=m2, m3=m3, sphere_m=sphere_m, warmup_steps=warmup_steps)
 
     def ramp(step):
         return margin_ramp(step, warmup_start, warmup_steps)
@@ -194,8 +183,16 @@ def target_degrees(cosine: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.where(labels >= 0, degrees, 0.0)
 
 
-def target_angles(cosine: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(Σ target θ°, #rows with label >= 0, Σ non-target θ°, #non-target entries), float32 scalars.
+class AngleSums(NamedTuple):
+    """Angle sums and counts of a block of cosines (float32 scalars); a tuple, so replicas can add them."""
+    target_sum: tf.Tensor  # Σ target θ°
+    target_count: tf.Tensor  # rows with label >= 0
+    other_sum: tf.Tensor  # Σ non-target θ°
+    other_count: tf.Tensor  # non-target entries
+
+
+def target_angles(cosine: tf.Tensor, labels: tf.Tensor) -> AngleSums:
+    """AngleSums(Σ target θ°, #rows with label >= 0, Σ non-target θ°, #non-target entries) of the block.
 
     Sums and counts, so a sharded head can add them across replicas before dividing. NaN entries (a sharded
     block's padding columns) are left out. This takes one acos over the whole [B, C] block, a small cost next to
@@ -208,5 +205,7 @@ def target_angles(cosine: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.T
                            dtype=tf.bool)  # a -1 row is all False
     is_other = present & tf.logical_not(is_target)
     zeros = tf.zeros_like(degrees)
-    return (tf.reduce_sum(tf.where(is_target, degrees, zeros)), tf.reduce_sum(tf.cast(labels >= 0, tf.float32)),
-            tf.reduce_sum(tf.where(is_other, degrees, zeros)), tf.reduce_sum(tf.cast(is_other, tf.float32)))
+    return AngleSums(target_sum=tf.reduce_sum(tf.where(is_target, degrees, zeros)),
+                     target_count=tf.reduce_sum(tf.cast(labels >= 0, tf.float32)),
+                     other_sum=tf.reduce_sum(tf.where(is_other, degrees, zeros)),
+                     other_count=tf.reduce_sum(tf.cast(is_other, tf.float32)))

@@ -13,8 +13,9 @@ import math
 import tensorflow as tf
 
 from distface.config import HeadConfig
-from distface.heads.classifier import block_scores, feature_norms, initial_weight, margin_from_config
-from distface.heads.margins import target_angles, target_degrees
+from distface.heads.classifier import (HeadOutput, angle_sums, block_scores, feature_norms, initial_weight,
+                                       margin_from_config)
+from distface.heads.margins import target_degrees
 from distface.losses.cross_entropy import sharded_softmax_cross_entropy
 
 
@@ -29,63 +30,64 @@ def block_labels(labels: tf.Tensor, start, size: int) -> tf.Tensor:
 
 
 class ShardedHead(tf.Module):
-    def __init__(self, cfg: HeadConfig, engine, num_classes: int, embedding_size: int, seed: int = 0):
+    """Variables by name as ReplicatedHead's: here all of them are `sharded` (this replica's class block)."""
+
+    def __init__(self, cfg: HeadConfig, runtime, num_classes: int, embedding_size: int, seed: int = 0):
         super().__init__(name="head")
         self.kind = cfg.type
         self.margin_fn = margin_from_config(cfg)
         self.num_classes = num_classes
-        self.block = block_size(num_classes, engine.num_replicas)
+        self.block_size = block_size(num_classes, runtime.num_replicas)
+        self.padded = self.block_size * runtime.num_replicas > num_classes  # the last block has padding rows
         self.sample_rate = cfg.sample_rate
         self.seed = seed
-        self.weight = engine.sharded_variable(lambda r: initial_weight(self.block, embedding_size, [seed, r]),
-                                              name="weight")
-        self.bias = engine.sharded_variable(lambda r: tf.zeros([self.block]), name="bias") \
-            if self.kind == "softmax" else None
-        self.replicated_variables = []
-        self.sharded_variables = [v for v in (self.weight, self.bias) if v is not None]
+        self.replicated = {}
+        self.sharded = {"weight": runtime.sharded_variable(
+            lambda r: initial_weight(self.block_size, embedding_size, [seed, r]), name="weight")}
+        if self.kind == "softmax":
+            self.sharded["bias"] = runtime.sharded_variable(lambda r: tf.zeros([self.block_size]), name="bias")
 
-    def __call__(self, engine, embeddings, labels, step, label_smoothing: float = 0.0):
-        """Per-example loss of this replica's examples [b], angle sums over this block and the examples'
-        target angles [b] in degrees."""
+    @property
+    def weight(self):
+        return self.sharded["weight"]
+
+    def __call__(self, collectives, embeddings, labels, step, label_smoothing: float = 0.0) -> HeadOutput:
         local_batch = tf.shape(embeddings)[0]
+        replica = collectives.replica_id()
         # Distribution: every block scores the whole global batch.
-        gathered = engine.all_gather(embeddings)
-        gathered_labels = engine.all_gather(tf.cast(labels, tf.int32))
-        start = engine.replica_id() * self.block
-        columns = block_labels(gathered_labels, start, self.block)
-        valid = start + tf.range(self.block) < self.num_classes
-        weight, bias = self.weight, self.bias
+        gathered = collectives.all_gather(embeddings)
+        gathered_labels = collectives.all_gather(tf.cast(labels, tf.int32))
+        start = replica * self.block_size
+        columns = block_labels(gathered_labels, start, self.block_size)
+        valid = start + tf.range(self.block_size) < self.num_classes
+        weight, bias = self.weight, self.sharded.get("bias")
         if self.sample_rate < 1.0:
-            index, columns = self._sample(columns, valid, step, engine.replica_id())
+            index, columns = self._sample(columns, valid, step, replica)
             weight, valid = tf.gather(weight, index), tf.gather(valid, index)
             bias = None if bias is None else tf.gather(bias, index)
         scores = block_scores(self.kind, weight, bias, gathered)
         logits = self.margin_fn(scores, columns, feature_norms(gathered), step)
-        logits = tf.where(valid, logits, -math.inf)
-        loss = sharded_softmax_cross_entropy(engine, logits, columns, self.num_classes, label_smoothing)
-        own = tf.range(local_batch) + engine.replica_id() * local_batch
+        if self.padded:
+            logits = tf.where(valid, logits, -math.inf)
+        loss = sharded_softmax_cross_entropy(collectives, logits, columns, self.num_classes, label_smoothing)
+        own = tf.range(local_batch) + replica * local_batch
+        block_degrees = target_degrees(scores, columns)
         # Distribution: each row's target lives in one block, so the sum over replicas is its angle.
-        degrees = engine.all_reduce_sum(target_degrees(scores, columns))
-        return tf.gather(loss, own), target_angles(tf.where(valid, scores, math.nan), columns), tf.gather(degrees, own)
+        degrees = collectives.all_reduce_sum(block_degrees)
+        return HeadOutput(tf.gather(loss, own), angle_sums(scores, columns, block_degrees, valid),
+                          tf.gather(degrees, own))
 
     def _sample(self, columns, valid, step, replica):
         """Block rows to keep this step (sorted) and the batch's labels remapped to them."""
-        keep = math.ceil(self.sample_rate * self.block)
+        block = self.block_size
+        keep = math.ceil(self.sample_rate * block)
         positive = tf.scatter_nd(tf.maximum(columns, 0)[:, tf.newaxis], tf.cast(columns >= 0, tf.float32),
-                                 [self.block]) > 0
-        noise = tf.random.stateless_uniform([self.block], seed=[self.seed, tf.cast(step, tf.int32) * 65536 + replica])
+                                 [block]) > 0
+        noise = tf.random.stateless_uniform([block], seed=[self.seed, tf.cast(step, tf.int32) * 65536 + replica])
         # Positives first (score 2), then real classes at random, padding last.
         score = tf.where(positive, 2.0, tf.where(valid, noise, -1.0))
         count = tf.maximum(keep, tf.reduce_sum(tf.cast(positive, tf.int32)))
         index = tf.sort(tf.math.top_k(score, count).indices)
-        position = tf.tensor_scatter_nd_update(tf.fill([self.block], -1), index[:, tf.newaxis], tf.range(count))
+        position = tf.tensor_scatter_nd_update(tf.fill([block], -1), index[:, tf.newaxis], tf.range(count))
         remapped = tf.where(columns >= 0, tf.gather(position, tf.maximum(columns, 0)), -1)
         return index, remapped
-
-
-def build_head(cfg: HeadConfig, engine, num_classes: int, embedding_size: int, seed: int = 0):
-    if cfg.sharding == "sharded":
-        return ShardedHead(cfg, engine, num_classes, embedding_size, seed)
-    from distface.heads.classifier import ReplicatedHead
-
-    return ReplicatedHead(cfg, engine, num_classes, embedding_size, seed)

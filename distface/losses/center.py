@@ -46,8 +46,8 @@ def center_update(
     Δc_j = Σ_{i: y_i=j} (c_j − x_i) / (1 + n_j), so row i is α·(c_{y_i} − x_i) / (1 + n_{y_i}).
     `label_counts` [B] is n_{y_i}; it defaults to the counts within the given labels. Distributed:
     pass counts over the GLOBAL batch (`count_labels(local_labels, all_gathered_labels)`); then the
-    N replicas each scatter their local rows into a SUM-aggregated variable (see `make_centers`) and
-    the total is exactly the single-device update on the global batch.
+    N replicas each scatter their local rows into a SUM-aggregated centers variable and the total
+    is exactly the single-device update on the global batch.
 
     variant="facenet": facenet's c ← c − (1 − α)(c − x) per example, row (1 − α)·(c_{y_i} − x_i),
     no count division (facenet's center_loss_alfa: α is the fraction of the old center kept).
@@ -67,20 +67,6 @@ def center_update(
     else:
         rows = (1.0 - alpha) * diff
     return tf.IndexedSlices(rows, labels, dense_shape=tf.shape(centers, out_type=tf.int64))
-
-
-def make_centers(num_classes: int, dim: int, name: str = "centers") -> tf.Variable:
-    """Zero-initialised [num_classes, dim] float32 centers, not trainable.
-
-    Distributed: SUM aggregation, so under a tf.distribute strategy every replica's scatter_sub
-    counts.
-    """
-    return tf.Variable(
-        tf.zeros([num_classes, dim], tf.float32),
-        trainable=False,
-        aggregation=tf.VariableAggregation.SUM,
-        name=name,
-    )
 
 
 def center_stats(centers: tf.Tensor) -> tf.Tensor:

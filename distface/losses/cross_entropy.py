@@ -26,21 +26,22 @@ def softmax_cross_entropy(
     return (1.0 - label_smoothing) * nll + label_smoothing * uniform
 
 
-def sharded_softmax_cross_entropy(engine, logits: tf.Tensor, labels: tf.Tensor, num_classes: int,
+def sharded_softmax_cross_entropy(collectives, logits: tf.Tensor, labels: tf.Tensor, num_classes: int,
                                   label_smoothing: float = 0.0) -> tf.Tensor:
     """The same loss when the classes are split over replicas: `logits` [B, C_block] are this replica's
     columns for the whole (gathered) batch, `labels` [B] index into them (−1: the target is in another block),
     padding columns are −inf. The normaliser comes from a cross-replica max and sum; returns [B] on every
-    replica. Gradients follow the engine's convention (an all_reduce_sum hands back the summed gradient)."""
+    replica. Gradients follow the collectives' convention (an all_reduce_sum hands back the summed gradient)."""
     logits = tf.cast(logits, tf.float32)
-    shift = engine.all_reduce_max(tf.reduce_max(logits, axis=1))
+    shift = collectives.all_reduce_max(tf.reduce_max(logits, axis=1))
     shifted = logits - shift[:, tf.newaxis]
-    log_norm = tf.math.log(engine.all_reduce_sum(tf.reduce_sum(tf.exp(shifted), axis=1)))
-    is_target = tf.one_hot(labels, tf.shape(logits)[1], on_value=True, off_value=False, dtype=tf.bool)
-    target = engine.all_reduce_sum(tf.reduce_sum(tf.where(is_target, shifted, 0.0), axis=1))
+    log_norm = tf.math.log(collectives.all_reduce_sum(tf.reduce_sum(tf.exp(shifted), axis=1)))
+    # The target logit of each row, from the one block that holds it (a gather: no [B, C] mask).
+    own = tf.gather(shifted, tf.maximum(labels, 0), batch_dims=1)
+    target = collectives.all_reduce_sum(tf.where(labels >= 0, own, 0.0))
     nll = log_norm - target
     if label_smoothing == 0.0:
         return nll
     finite = tf.where(tf.math.is_finite(shifted), shifted, 0.0)
-    mean_logit = engine.all_reduce_sum(tf.reduce_sum(finite, axis=1)) / num_classes
+    mean_logit = collectives.all_reduce_sum(tf.reduce_sum(finite, axis=1)) / num_classes
     return (1.0 - label_smoothing) * nll + label_smoothing * (log_norm - mean_logit)

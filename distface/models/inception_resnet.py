@@ -9,6 +9,8 @@ keeps the sum's variance in check this deep (the paper's fix for instabilities p
 """
 import tensorflow as tf
 
+from distface.config import InputError
+
 layers = tf.keras.layers
 MIN_SIZE = 75  # the smallest input that leaves reduction-B a non-empty map
 # facenet initialises every conv and the bottleneck with a truncated normal of stddev 0.1.
@@ -74,7 +76,7 @@ def _reduction_b(x, name):
 
 def inception_resnet_v1(image_size, embedding_size: int = 512, dropout: float = 0.0) -> tf.keras.Model:
     if min(image_size) < MIN_SIZE:
-        raise ValueError(f"inception_resnet_v1 needs images of at least {MIN_SIZE}x{MIN_SIZE}, "
+        raise InputError(f"inception_resnet_v1 needs images of at least {MIN_SIZE}x{MIN_SIZE}, "
                          f"got {image_size[0]}x{image_size[1]}")
     inputs = tf.keras.Input(shape=(*image_size, 3), name="images")
     x = _conv(inputs, 32, 3, "conv2d_1a_3x3", stride=2, padding="valid")

@@ -11,41 +11,14 @@ import contextlib
 import horovod.tensorflow as hvd
 import tensorflow as tf
 
-from distface.parallel.engine import Engine
+from distface.config import InputError
+from distface.parallel.engine import Collectives, Runtime
 
 
-class HorovodEngine(Engine):
-    name = "horovod"
-
-    def __init__(self):
-        hvd.init()
-        # Horovod: one GPU per rank, by local rank. Unpinned, every rank of a node computes on GPU 0 and takes
-        # memory on all of them. One visible GPU is left alone (the scheduler pinned it, or one rank per node).
-        gpus = tf.config.list_physical_devices("GPU")
-        if len(gpus) > 1:
-            if hvd.local_size() > len(gpus):
-                raise ValueError(f"horovod: {hvd.local_size()} ranks on this node but {len(gpus)} GPUs: start at "
-                                 f"most one rank per GPU (-np, host slots)")
-            tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
-
+class HorovodCollectives(Collectives):
     @property
     def num_replicas(self) -> int:
         return hvd.size()
-
-    @property
-    def is_chief(self) -> bool:
-        return hvd.rank() == 0
-
-    @property
-    def process_index(self) -> int:
-        return hvd.rank()
-
-    @property
-    def num_processes(self) -> int:
-        return hvd.size()
-
-    def barrier(self) -> None:
-        hvd.allreduce(tf.constant(0.0), op=hvd.Sum, name="distface_barrier")
 
     def replica_id(self):
         return tf.constant(hvd.rank(), tf.int32)
@@ -54,10 +27,9 @@ class HorovodEngine(Engine):
         @tf.custom_gradient
         def gather(x):
             def grad(upstream):
-                # Sum over ranks, then keep this rank's rows (every rank has the same batch size: drop_remainder).
-                summed = hvd.allreduce(upstream, op=hvd.Sum)
-                rows = tf.shape(x)[0]
-                return summed[hvd.rank() * rows:(hvd.rank() + 1) * rows]
+                # This rank's rows of the sum over ranks, by a reduce-scatter (half an all-reduce's traffic);
+                # every rank has the same batch size (drop_remainder), so rank r's rows are the r-th slice.
+                return hvd.reducescatter(upstream, op=hvd.Sum)
 
             return hvd.allgather(x), grad
 
@@ -73,10 +45,40 @@ class HorovodEngine(Engine):
     def all_reduce_max(self, x):
         return hvd.allreduce(tf.stop_gradient(x), op=hvd.Max)
 
+
+class HorovodEngine(Runtime):
+    """One process per replica: every variable is a plain local variable, so `update` needs no merging."""
+
+    name = "horovod"
+
+    def __init__(self):
+        hvd.init()
+        # Horovod: one GPU per rank, by local rank. Unpinned, every rank of a node computes on GPU 0 and takes
+        # memory on all of them. One visible GPU is left alone (the scheduler pinned it, or one rank per node).
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) > 1:
+            if hvd.local_size() > len(gpus):
+                raise InputError(f"horovod: {hvd.local_size()} ranks on this node but {len(gpus)} GPUs: start at "
+                                 f"most one rank per GPU (-np, host slots)")
+            tf.config.set_visible_devices(gpus[hvd.local_rank()], "GPU")
+        self.collectives = HorovodCollectives()
+
+    @property
+    def process_index(self) -> int:
+        return hvd.rank()
+
+    @property
+    def num_processes(self) -> int:
+        return hvd.size()
+
+    def barrier(self) -> None:
+        hvd.allreduce(tf.constant(0.0), op=hvd.Sum, name="distface_barrier")
+
     def reduce_gradients(self, grads):
-        present = [tf.convert_to_tensor(g) for g in grads if g is not None]
+        flat = tf.nest.flatten(grads)
+        present = [tf.convert_to_tensor(g) for g in flat if g is not None]
         reduced = iter(hvd.grouped_allreduce(present, op=hvd.Sum) if present else [])
-        return [None if g is None else next(reduced) for g in grads]
+        return tf.nest.pack_sequence_as(grads, [None if g is None else next(reduced) for g in flat])
 
     def scope(self):
         return contextlib.nullcontext()
@@ -84,13 +86,9 @@ class HorovodEngine(Engine):
     def run(self, fn, *args):
         return fn(*args)
 
-    def scatter_sub_sum(self, var, slices):
-        # Every rank applies every rank's rows, so the replicas' updates add up as under SUM aggregation.
-        var.scatter_sub(tf.IndexedSlices(hvd.allgather(slices.values), hvd.allgather(slices.indices)))
-
     def broadcast_from_chief(self, variables):
         for var in variables:
             var.assign(hvd.broadcast(tf.convert_to_tensor(var), root_rank=0))
 
-    def distribute_dataset(self, make_dataset):
-        return iter(make_dataset(hvd.size(), hvd.rank()))
+    def distribute_dataset(self, make_dataset, step: int = 0):
+        return iter(make_dataset(hvd.size(), hvd.rank(), step))

@@ -3,12 +3,10 @@ import contextlib
 
 import tensorflow as tf
 
-from distface.parallel.engine import Engine
+from distface.parallel.engine import Collectives, Runtime
 
 
-class SingleEngine(Engine):
-    name = "single"
-
+class SingleCollectives(Collectives):
     @property
     def num_replicas(self) -> int:
         return 1
@@ -25,8 +23,12 @@ class SingleEngine(Engine):
     def all_reduce_max(self, x):
         return tf.stop_gradient(x)
 
-    def reduce_gradients(self, grads):
-        return grads
+
+class SingleEngine(Runtime):
+    name = "single"
+
+    def __init__(self):
+        self.collectives = SingleCollectives()
 
     def scope(self):
         return contextlib.nullcontext()

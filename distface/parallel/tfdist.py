@@ -7,7 +7,7 @@ import functools
 
 import tensorflow as tf
 
-from distface.parallel.engine import Engine
+from distface.parallel.engine import Collectives, Runtime
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -21,36 +21,15 @@ def _tf_variable(var):
     return getattr(var, "value", var) if not isinstance(var, tf.Variable) else var
 
 
-class StrategyEngine(Engine):
-    def __init__(self, strategy: tf.distribute.Strategy, name: str):
+class StrategyCollectives(Collectives):
+    """Collectives of the replica context (inside `strategy.run`)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy):
         self.strategy = strategy
-        self.name = name
 
     @property
     def num_replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
-
-    @property
-    def is_chief(self) -> bool:
-        return self.process_index == 0
-
-    @property
-    def process_index(self) -> int:
-        resolver = getattr(self.strategy, "cluster_resolver", None)
-        return (resolver.task_id or 0) if resolver is not None else 0
-
-    @property
-    def num_processes(self) -> int:
-        return self.num_replicas // len(self.strategy.extended.worker_devices)
-
-    def barrier(self) -> None:
-        if self.num_processes > 1:
-            self.strategy.run(lambda: _ctx().all_reduce(SUM, tf.constant(0.0)))
-
-    def local_components(self, var):
-        components = self.strategy.experimental_local_results(var)
-        first = self.process_index * len(components)  # every worker runs the same number of replicas
-        return {first + i: c for i, c in enumerate(components)}
 
     def replica_id(self):
         return tf.cast(_ctx().replica_id_in_sync_group, tf.int32)
@@ -68,10 +47,40 @@ class StrategyEngine(Engine):
         x = tf.stop_gradient(x)
         return tf.reduce_max(_ctx().all_gather(x[tf.newaxis], axis=0), axis=0)
 
+
+class StrategyEngine(Runtime):
+    def __init__(self, strategy: tf.distribute.Strategy, name: str):
+        self.strategy = strategy
+        self.name = name
+        self.collectives = StrategyCollectives(strategy)
+
+    @property
+    def process_index(self) -> int:
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        return (resolver.task_id or 0) if resolver is not None else 0
+
+    @property
+    def num_processes(self) -> int:
+        return self.num_replicas // self._local_replicas
+
+    @property
+    def _local_replicas(self) -> int:
+        return len(self.strategy.extended.worker_devices)
+
+    def barrier(self) -> None:
+        if self.num_processes > 1:
+            self.strategy.run(lambda: _ctx().all_reduce(SUM, tf.constant(0.0)))
+
+    def local_components(self, var):
+        components = self.strategy.experimental_local_results(var)
+        first = self.process_index * len(components)  # every worker runs the same number of replicas
+        return {first + i: c for i, c in enumerate(components)}
+
     def reduce_gradients(self, grads):
-        present = [g for g in grads if g is not None]
+        flat = tf.nest.flatten(grads)
+        present = [g for g in flat if g is not None]
         reduced = iter(_ctx().all_reduce(SUM, present) if present else [])
-        return [None if g is None else next(reduced) for g in grads]
+        return tf.nest.pack_sequence_as(grads, [None if g is None else next(reduced) for g in flat])
 
     def scope(self):
         return self.strategy.scope()
@@ -91,13 +100,13 @@ class StrategyEngine(Engine):
             var = tf.Variable(tf.zeros(shape), name=name, trainable=trainable,
                               synchronization=tf.VariableSynchronization.ON_READ,
                               aggregation=tf.VariableAggregation.NONE)
-        self.strategy.run(lambda: var.assign(initial_value_fn(self.replica_id())))
+        self.strategy.run(lambda: var.assign(initial_value_fn(self.collectives.replica_id())))
         return var
 
-    def replicated_variable(self, initial_value, name, trainable=False, sum_updates=False):
-        aggregation = tf.VariableAggregation.SUM if sum_updates else tf.VariableAggregation.ONLY_FIRST_REPLICA
+    def replicated_variable(self, initial_value, name, trainable=False):
         with self.strategy.scope():
-            return tf.Variable(initial_value, name=name, trainable=trainable, aggregation=aggregation)
+            return tf.Variable(initial_value, name=name, trainable=trainable,
+                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def update(self, var, fn, *args):
         var = _tf_variable(var)
@@ -105,17 +114,21 @@ class StrategyEngine(Engine):
             fn(var, *args)  # a sharded block: the replica updates its own component
             return
 
+        # Distribution: a mirrored variable changes only in the cross-replica context; each device's copy gets
+        # fn with that device's args.
         def merge(strategy, *values):
             strategy.extended.update(var, fn, args=values, group=False)
 
         _ctx().merge_call(merge, args=args)
 
-    def scatter_sub_sum(self, var, slices):
-        var.scatter_sub(slices)  # the variable's SUM aggregation adds the replicas' updates
+    @property
+    def batches_per_step(self) -> int:
+        # One input pipeline per process feeds all of its local replicas, one batch each per step.
+        return self._local_replicas
 
-    def distribute_dataset(self, make_dataset):
+    def distribute_dataset(self, make_dataset, step: int = 0):
         def dataset_fn(ctx: tf.distribute.InputContext):
-            return make_dataset(ctx.num_input_pipelines, ctx.input_pipeline_id)
+            return make_dataset(ctx.num_input_pipelines, ctx.input_pipeline_id, step * self.batches_per_step)
 
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 

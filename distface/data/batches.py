@@ -1,0 +1,61 @@
+"""Per-replica training batches, by what the objective needs: BATCHES[name](cfg, source, num_shards, shard_index,
+skip_batches) -> endless tf.data.Dataset of (images float32 [b, h, w, 3], labels int32 [b]).
+
+source is TrainingSet.source (distface.data.sources); `skip_batches` continues an interrupted run's stream
+exactly. cache_plan says what shuffled_batches does with data.cache, for the chief to print. TensorFlow is imported
+when a dataset is built, not with this module.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from distface.config import Config
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def shuffled_batches(cfg: Config, source, num_shards: int, shard_index: int,
+                     skip_batches: int = 0) -> tf.data.Dataset:
+    """data.batch_size examples of this shard, a fresh permutation of it each epoch (classification)."""
+    from distface.data.pipeline import train_dataset
+
+    d = cfg.data
+    return train_dataset(source, image_size=tuple(cfg.model.image_size), batch_size=d.batch_size,
+                         seed=cfg.train.seed, flip=d.flip, num_shards=num_shards, shard_index=shard_index,
+                         cache=d.cache, cache_budget=_budget(cfg), skip_batches=skip_batches)
+
+
+def cache_plan(cfg: Config, source, num_shards: int, shard_index: int) -> tuple[bool, str]:
+    """(whether shuffled_batches caches this shard's decoded images, one line saying why, for the chief to print);
+    data.cache: true that cannot fit raises InputError naming the size and the memory, before anything is read."""
+    from distface.data.pipeline import shard_cache
+
+    return shard_cache(source, cfg.data.cache, tuple(cfg.model.image_size), num_shards, shard_index, _budget(cfg))
+
+
+def _budget(cfg: Config) -> int | None:
+    gib = cfg.data.cache_budget_gib
+    return int(gib * 2 ** 30) if gib > 0 else None
+
+
+def balanced_batches(cfg: Config, source, num_shards: int, shard_index: int,
+                     skip_batches: int = 0) -> tf.data.Dataset:
+    """data.identities_per_batch identities x data.images_per_identity images each (triplet mining), drawn from
+    this shard's own identities."""
+    from distface.data.pipeline import balanced_dataset
+
+    d = cfg.data
+    return balanced_dataset(source, identities_per_batch=d.identities_per_batch,
+                            images_per_identity=d.images_per_identity, image_size=tuple(cfg.model.image_size),
+                            seed=cfg.train.seed, flip=d.flip, num_shards=num_shards, shard_index=shard_index,
+                            skip_batches=skip_batches)
+
+
+BATCHES = {"shuffled": shuffled_batches, "identity_balanced": balanced_batches}
+
+
+def batches_plan(name: str, cfg: Config, source, num_shards: int, shard_index: int) -> str | None:
+    """What BATCHES[name] will do with this shard that a user should see (the data.cache decision), checked
+    before anything is read or written; None when there is nothing to say."""
+    return cache_plan(cfg, source, num_shards, shard_index)[1] if name == "shuffled" else None

@@ -1,0 +1,90 @@
+"""Training sets by data.source: SOURCES[name](cfg) -> TrainingSet.
+
+Nothing here prints (the chief reports TrainingSet.summary(): rank 0 speaks), and importing this module is cheap,
+as the config check of data.source reads SOURCES: the readers (and TensorFlow) are imported by the builders.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from distface.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from distface.data.folders import ImageList
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: sources hold numpy arrays, which == compares ambiguously
+class TrainingSet:
+    """What a run trains on. source: for the distface.data.batches factories; num_images: in source;
+    left_out: the broken files left out of it (data.bad_images: skip), as (path, problem)."""
+
+    source: Any
+    num_classes: int
+    num_images: int
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str | None:
+        """One line naming the files left out (the first three), or None when none were."""
+        if not self.left_out:
+            return None
+        bad, shown = len(self.left_out), "; ".join(f"{path}: {problem}" for path, problem in self.left_out[:3])
+        return (f"left out {bad} of {self.num_images + bad} images that are not complete image files "
+                f"(data.bad_images: skip): {shown}{' ...' if bad > 3 else ''}")
+
+
+def train_source(cfg: Config) -> TrainingSet:
+    """The training set cfg.data describes; an unknown data.source raises ConfigError listing the known ones."""
+    build = SOURCES.get(cfg.data.source)
+    if build is None:
+        raise ConfigError(f"data.source: unknown source {cfg.data.source!r} (known: {', '.join(sorted(SOURCES))})")
+    return build(cfg)
+
+
+def _screened(cfg: Config, images: ImageList) -> TrainingSet:
+    """Image files less the broken ones, per data.bad_images (fail raises naming the first)."""
+    from distface.data.validate import screen_images
+
+    kept, bad = screen_images(images, cfg.data.bad_images)
+    return TrainingSet(kept, images.num_classes, len(kept), bad)
+
+
+def _orl(cfg: Config) -> TrainingSet:
+    from distface.data.orl import orl_split
+
+    return _screened(cfg, orl_split(cfg.data.train_identities))
+
+
+def _folder(cfg: Config) -> TrainingSet:
+    from distface.data.folders import scan_identity_folders
+
+    return _screened(cfg, scan_identity_folders(cfg.data.path))
+
+
+def _recordio(cfg: Config) -> TrainingSet:
+    from distface.data.recordio import RecordIOSource
+
+    return _packed(RecordIOSource(cfg.data.path))
+
+
+def _tfrecord(cfg: Config) -> TrainingSet:
+    from distface.data.tfrecord import TFRecordSource
+
+    return _packed(TFRecordSource(cfg.data.path))
+
+
+def _packed(records) -> TrainingSet:
+    return TrainingSet(records, records.num_classes, len(records))
+
+
+def _synthetic(cfg: Config) -> TrainingSet:
+    from distface.data.synthetic import synthetic_images
+
+    d = cfg.data
+    images, labels = synthetic_images(d.synthetic_identities, d.synthetic_images_per_identity,
+                                      tuple(cfg.model.image_size), seed=cfg.train.seed)
+    return TrainingSet((images, labels), d.synthetic_identities, len(labels))
+
+
+SOURCES: dict[str, Callable[[Config], TrainingSet]] = {
+    "orl": _orl, "folder": _folder, "recordio": _recordio, "tfrecord": _tfrecord, "synthetic": _synthetic}

@@ -1,0 +1,82 @@
+"""The import graph of distface, read from the source with `ast` (nothing is imported): acyclic, config at the bottom.
+
+Every import statement counts, including those inside functions: a lazy import only postpones a cycle.
+"""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "distface"
+
+
+def module_names() -> dict[str, Path]:
+    """'distface.heads.margins' -> its file, 'distface.heads' -> heads/__init__.py."""
+    names = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The distface modules `name` imports. `from pkg import x` names pkg.x when x is a module, else pkg."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}:{node.lineno}: distface imports are absolute (this reader relies on it)"
+            base = node.module
+            found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = module_names()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None (depth-first search, white/grey/black)."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "grey"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "grey":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = "black"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_graph_reader_sees_lazy_imports_and_cycles():
+    graph = import_graph()
+    assert "distface.config" in graph["distface.components"]
+    assert "distface.models" in graph["distface.components"]  # imported inside check()
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_distface_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_config_imports_nothing_from_distface():
+    assert import_graph()["distface.config"] == set()
+
+
+def test_config_components_and_launcher_import_without_tensorflow():
+    code = ("import sys, distface.config, distface.components, launch.cli; "
+            "sys.exit('tensorflow' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, timeout=120).returncode == 0
