@@ -37,7 +37,7 @@ class WarmupSchedule:
 
 
 HEAD_UPDATES = ("dense", "lazy")  # optim.head_update: how a sampled (Partial FC) block's rows are updated
-CHUNK_ROWS = 8192  # rows updated at once in a large variable (a few MiB of temporaries, whatever its size)
+CHUNK_ROWS = 8192  # rows of a sampled block decayed at once (a few MiB of temporaries, whatever its size)
 
 
 class MomentumSGD:
@@ -48,11 +48,12 @@ class MomentumSGD:
     twice if we reduce too) and refuse per-replica (ON_READ) head blocks. Gradients arrive already reduced; the
     runtime applies the update on every replica's copy. The learning rate is a function of the state's step.
 
-    A head block can hold millions of rows, so the update works in place, CHUNK_ROWS rows at a time; a sparse
-    gradient (Partial FC's sampled rows, tf.IndexedSlices) is scattered into its rows. With a sparse
-    gradient, `head_update="dense"` still decays every row's momentum and weight (the rule above with g = 0 off
-    the sampled rows: what the published Partial FC results used), `"lazy"` updates only the sampled rows and
-    their momentum (as TensorFlow's sparse optimizers do), so a step costs the sampled work alone.
+    A head block can hold millions of rows, so the update is made of TensorFlow's fused in-place training ops
+    (one multi-threaded pass each, no block-sized temporaries of the rule's terms); a sparse gradient (Partial FC's
+    sampled rows, tf.IndexedSlices) is scattered into its rows. With a sparse gradient, `head_update="dense"` still
+    decays every row's momentum and weight (the rule above with g = 0 off the sampled rows: what the published
+    Partial FC results used), `"lazy"` updates only the sampled rows and their momentum (as TensorFlow's sparse
+    optimizers do), so a step costs the sampled work alone.
     """
 
     def __init__(self, cfg: OptimConfig, total_steps: int, runtime):
@@ -85,54 +86,51 @@ class MomentumSGD:
                     self.runtime.update(var, self._update, slots[group][name], grad, lr, ok)
 
     def _update(self, var, slot, grad, lr, ok):
+        # Raw ops on the handles: a per-replica (ON_READ) block has no scatter methods of its own.
         def step():
-            sparse = isinstance(grad, tf.IndexedSlices)
-            if sparse and self.lazy:
-                self._rows(var, slot, grad.indices, self._rule(tf.cast(grad.values, var.dtype), lr))
-            else:
-                self._all_rows(var, slot, None if sparse else tf.cast(grad, var.dtype), lr)
-                if sparse:  # the sampled rows' -lr*g, in momentum and (through w + m) in the weight
-                    step_rows = tf.cast(grad.values, var.dtype) * lr
-                    for target in (slot, var):
-                        tf.raw_ops.ResourceScatterSub(resource=target.handle, indices=grad.indices,
-                                                      updates=step_rows)
+            lr_ = tf.cast(lr, var.dtype)
+            if not isinstance(grad, tf.IndexedSlices):
+                _scale_in_place(var, 1.0 - lr_ * self.weight_decay)
+                tf.raw_ops.ResourceApplyKerasMomentum(var=var.handle, accum=slot.handle, lr=lr_,
+                                                      grad=tf.cast(grad, var.dtype), momentum=self.momentum)
+            elif self.lazy:
+                self._rows(var, slot, grad.indices, tf.cast(grad.values, var.dtype), lr_)
+            else:  # every row decays (g = 0), then the sampled rows' -lr*g enters momentum and, through w + m, w
+                self._all_rows_without_gradient(var, slot, lr_)
+                step_rows = tf.cast(grad.values, var.dtype) * lr_
+                for target in (slot, var):
+                    tf.raw_ops.ResourceScatterSub(resource=target.handle, indices=grad.indices, updates=step_rows)
             return tf.constant(True)
 
         # The guard: a non-finite step changes nothing (tf.cond, so no copy of the block is made to keep it).
         tf.cond(ok, step, lambda: tf.constant(False))
 
-    def _rule(self, grad, lr):
-        """(w, m) -> (w', m') of the class docstring; grad None: g = 0."""
-        def rule(w, m):
-            m = self.momentum * m if grad is None else self.momentum * m - lr * grad
-            return w - lr * self.weight_decay * w + m, m
-
-        return rule
-
-    def _all_rows(self, var, slot, grad, lr):
-        """The rule over every row (grad None: g = 0), in place, CHUNK_ROWS rows at a time: a block of millions of
-        rows never gets a block-sized temporary (w - lr*wd*w alone would be one)."""
-        rows = var.shape[0] if var.shape.rank else 0
-        if rows <= CHUNK_ROWS:
-            w, m = self._rule(grad, lr)(var, slot)
-            slot.assign(m)
-            var.assign(w)
-            return
+    def _all_rows_without_gradient(self, var, slot, lr):
+        """The rule with g = 0 over every row, CHUNK_ROWS rows at a time through gather and scatter: once rows of
+        a variable were scattered TensorFlow keeps it in copy-on-read mode, where one whole read copies it."""
+        rows = var.shape[0]
 
         def chunk(i):
             lo = i * CHUNK_ROWS
-            hi = tf.minimum(lo + CHUNK_ROWS, rows)
-            self._rows(var, slot, tf.range(lo, hi), self._rule(None if grad is None else grad[lo:hi], lr))
+            self._rows(var, slot, tf.range(lo, tf.minimum(lo + CHUNK_ROWS, rows)), None, lr)
             return i + 1
 
         tf.while_loop(lambda i: i < -(-rows // CHUNK_ROWS), chunk, [tf.constant(0)])
 
-    @staticmethod
-    def _rows(var, slot, rows, rule):
-        """Apply rule(w, m) -> (w', m') to the given rows, through the handles: a per-replica (ON_READ) block has
-        no gather/scatter methods of its own, and a handle read copies only those rows."""
+    def _rows(self, var, slot, rows, grad, lr):
+        """The rule on the given rows only (grad None: g = 0): gather them, update, scatter back."""
         w = tf.raw_ops.ResourceGather(resource=var.handle, indices=rows, dtype=var.dtype)
-        m = tf.raw_ops.ResourceGather(resource=slot.handle, indices=rows, dtype=slot.dtype)
-        new_w, new_m = rule(w, m)
-        tf.raw_ops.ResourceScatterUpdate(resource=slot.handle, indices=rows, updates=new_m)
-        tf.raw_ops.ResourceScatterUpdate(resource=var.handle, indices=rows, updates=new_w)
+        m = self.momentum * tf.raw_ops.ResourceGather(resource=slot.handle, indices=rows, dtype=slot.dtype)
+        if grad is not None:
+            m -= lr * grad
+        tf.raw_ops.ResourceScatterUpdate(resource=slot.handle, indices=rows, updates=m)
+        tf.raw_ops.ResourceScatterUpdate(resource=var.handle, indices=rows, updates=w - lr * self.weight_decay * w + m)
+
+
+def _scale_in_place(var, factor):
+    """var <- factor * var as var - (1 - factor) * var: one fused pass over the variable's own buffer."""
+    tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=1.0 - factor, delta=_read(var))
+
+
+def _read(var):
+    return tf.raw_ops.ReadVariableOp(resource=var.handle, dtype=var.dtype)

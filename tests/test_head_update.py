@@ -10,6 +10,7 @@ from tensorflow.python.framework import tensor_conversion_registry
 from equivalence import build, make_config, make_problem
 from distface.config import OptimConfig
 from distface.heads.classifier import cosine_to_rows
+from distface import optim
 from distface.optim import MomentumSGD
 from distface.parallel.single import SingleEngine
 
@@ -69,11 +70,11 @@ def optimizer(head_update="dense"):
     return MomentumSGD(cfg, 100, SingleEngine())
 
 
-def one_update(head_update, grad, w0, m0):
+def one_update(head_update, grad, w0, m0, ok=True):
     opt = optimizer(head_update)
     var, slot = tf.Variable(w0), tf.Variable(m0)
     with no_densifying():
-        tf.function(lambda: opt.apply({"g": {"w": grad}}, {"g": {"w": var}}, {"g": {"w": slot}}, 0, True))()
+        tf.function(lambda: opt.apply({"g": {"w": grad}}, {"g": {"w": var}}, {"g": {"w": slot}}, 0, ok))()
     return var.numpy(), slot.numpy()
 
 
@@ -114,6 +115,21 @@ def test_dense_with_a_sparse_gradient_equals_the_dense_gradient_update(block):
     w0, m0, rows, values, dense = block
     assert_update(one_update("dense", sampled(rows, values, w0.shape), w0, m0),
                   one_update("dense", tf.constant(dense), w0, m0), atol=1e-7)
+
+
+def test_dense_sparse_update_in_chunks_with_a_partial_last_chunk(block, monkeypatch):
+    w0, m0, rows, values, dense = block
+    monkeypatch.setattr(optim, "CHUNK_ROWS", 4)  # 9 rows: chunks of 4, 4 and 1
+    assert_update(one_update("dense", sampled(rows, values, w0.shape), w0, m0), reference(w0, m0, dense), atol=1e-6)
+
+
+@pytest.mark.parametrize("head_update", ["dense", "lazy"])
+def test_a_refused_step_changes_nothing(block, head_update):
+    w0, m0, rows, values, dense = block
+    for grad in (tf.constant(dense), sampled(rows, values, w0.shape)):
+        got = one_update(head_update, grad, w0, m0, ok=False)
+        np.testing.assert_array_equal(got[0], w0)
+        np.testing.assert_array_equal(got[1], m0)
 
 
 def test_lazy_updates_only_the_sampled_rows(block):

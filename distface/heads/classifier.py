@@ -46,9 +46,9 @@ def cosine_to_rows(x, weight):
     cosine = tf.matmul(x, weight, transpose_b=True) * inv_norm
 
     def grad(upstream):
-        scaled = upstream * inv_norm
-        along = tf.reduce_sum(upstream * cosine, axis=0) * inv_norm
-        d_weight = (tf.matmul(upstream, x, transpose_a=True) - along[:, tf.newaxis] * weight) * inv_norm[:, tf.newaxis]
+        scaled = upstream * inv_norm  # 1/|w_j| folded into the [B, C] operand: one pass less over the block
+        along = tf.reduce_sum(upstream * cosine, axis=0) * tf.square(inv_norm)
+        d_weight = tf.matmul(scaled, x, transpose_a=True) - along[:, tf.newaxis] * weight
         return tf.matmul(scaled, weight), d_weight
 
     return cosine, grad
