@@ -52,6 +52,7 @@ class ModelConfig:
     image_size: list[int] = field(default_factory=lambda: [112, 96])  # height, width
     embedding_size: int = 128
     dropout: float = 0.0
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (the engine's collectives)
 
 
 @dataclass
@@ -82,6 +83,9 @@ class LossConfig:
     center_weight: float = 0.0  # lambda of the center loss; 0 disables it
     center_alpha: float = 0.5
     center_variant: str = "paper"  # see distface.losses.center.CENTER_UPDATE_VARIANTS
+    # sharded: replica r holds the centers of its head's class block r; replicated: every replica holds all C;
+    # auto: sharded when head.sharding is sharded
+    center_sharding: str = "auto"
     triplet_margin: float = 0.2
     triplet_distance: str = "squared_l2"  # see distface.losses.triplet.DISTANCES
     triplet_mining: str = "semi_hard"  # see distface.losses.triplet.MININGS
@@ -154,7 +158,7 @@ def parse_config(path: str | Path | None = None, overrides: typing.Sequence[str]
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"--config: {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"--config: {path} is not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"--config: {path} must hold a mapping of sections")
     for item in overrides:
@@ -165,10 +169,20 @@ def parse_config(path: str | Path | None = None, overrides: typing.Sequence[str]
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{section}: must be a mapping")
-        raw[section][name] = yaml.safe_load(text)
+        try:
+            raw[section][name] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key}: --set value {text!r} is not valid YAML: {_yaml_problem(err)}") from None
     config = _build(Config, raw, "")
     validate(config)
     return config
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where (line and column count from 1)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or err}{where}"
 
 
 def to_dict(config: Config) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -62,11 +63,17 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "savedmodel") -> tup
         info = export_info(fmt, cfg.model.image_size, cfg.model.embedding_size, cfg.eval.flip,
                            run_threshold(run_dir), checkpoint, {"images": len(images), "max_abs_diff": diff})
         (staging / EXPORT_INFO).write_text(json.dumps(info, indent=1) + "\n")
-        staging.chmod(0o755)  # mkdtemp's 0700 would keep a serving user out
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700, which would keep a serving user out
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out, info
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def check_images(cfg) -> np.ndarray:

@@ -72,6 +72,7 @@ def test_missing_and_malformed_file(tmp_path):
     (["--set", "model.colour=blue"], "model.colour"),
     (["--set", "model.backbone=resnet9000"], "model.backbone"),  # registries read without TensorFlow's noise
     (["--set", "head.scale=0"], "head.scale"),
+    (["--set", "train.steps=[1"], "train.steps: --set value '[1' is not valid YAML"),
 ])
 def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, key):
     out = tmp_path / "run"
@@ -81,6 +82,16 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, key):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0]
     assert not out.exists()
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_place(tmp_path, capsys):
+    from distface.train import main
+
+    path = write(tmp_path, "train:\n  steps: 3\n model: [\n")
+    assert main(["--config", str(path), "--set", f"train.out_dir={tmp_path / 'run'}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "line 3" in lines[0], lines
+    assert not (tmp_path / "run").exists()
 
 
 def test_every_shipped_config_loads():

@@ -2,6 +2,8 @@
 export checks itself and fails above), runs at any batch size in a fresh process without distface (and, for ONNX
 and TFLite, without TensorFlow), and carries the run's verification threshold."""
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -103,3 +105,12 @@ def test_bad_export_requests_exit_2(run, tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "already exists" in err[0] and "not a distface run directory" in err[1]
+
+
+def test_the_export_folder_follows_the_umask(run, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        out, _ = export(run, tmp_path / "shared", "savedmodel")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # 0o777 minus the umask, not mkdtemp's 0700
