@@ -141,7 +141,9 @@ def train_loop(trainer: Trainer, batches, checkpointer, evaluate, monitor) -> No
         checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
         if step % cfg.log_every == 0 or step == cfg.steps or checkpoint:
             monitor.log_step(step, metrics, trainer.learning_rate())
-            _check_streak(trainer, checkpointer, cfg.max_bad_steps)
+        # Every step, so a run stops at the limit: one scalar read, and the step has finished anyway (a
+        # tf.function call returns its results; on a GPU this waits for the step before the next is queued).
+        _check_streak(trainer, checkpointer, cfg.max_bad_steps)
         if checkpoint:
             checkpointer.save(step)
             saved = step

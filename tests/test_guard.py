@@ -57,3 +57,32 @@ def test_mixed_precision_step(tmp_path, precision):
     assert all(v.dtype == tf.float32 for v in state.backbone.trainable_variables)
     if precision == "float16":
         assert float(state.counters["loss_scale"].numpy()) <= 2.0 ** 15
+
+
+def test_training_stops_at_max_bad_steps_not_at_the_next_log_step(tmp_path):
+    from distface.loop import TrainingStopped, train_loop
+
+    class Quiet:
+        def start(self, step):
+            pass
+
+        def log_step(self, step, metrics, lr):
+            pass
+
+    class NoCheckpoints:
+        run_dir = tmp_path
+
+        def save(self, step):
+            raise AssertionError("a diverged run reached a checkpoint")
+
+    engine = SingleEngine()
+    problem = make_problem(10, 8, seed=2)
+    cfg = make_config("arcface", 8, "sharded")
+    cfg.train.steps, cfg.train.log_every, cfg.train.max_bad_steps, cfg.train.checkpoint_every = 100, 50, 3, 0
+    trainer = build(engine, cfg, problem)
+    poisoned = problem["x"].copy()
+    poisoned[0, 0] = np.nan
+    batches = iter(lambda: (tf.constant(poisoned), tf.constant(problem["labels"])), None)
+    with pytest.raises(TrainingStopped, match="3 steps in a row"):
+        train_loop(trainer, batches, NoCheckpoints(), lambda *a: [], Quiet())
+    assert int(trainer.state.step.numpy()) == 3 and int(trainer.state.counters["skipped"].numpy()) == 3
