@@ -48,6 +48,21 @@ def load_run_config(run_dir: str | Path) -> Config:
     return load_config(path)
 
 
+MODEL_KEYS = ("backbone", "image_size", "embedding_size")  # what the saved variables' shapes follow
+
+
+def check_resume(cfg: Config, run_dir: str | Path) -> Config:
+    """A resume keeps the saved run's model (else one line naming the key, before anything is built or written);
+    returns the saved run's config."""
+    saved = load_run_config(run_dir)
+    for key in MODEL_KEYS:
+        before, now = getattr(saved.model, key), getattr(cfg.model, key)
+        if before != now:
+            raise InputError(f"model.{key}: {run_dir} was saved with {before}, this config has {now} "
+                             "(--resume continues the same model)")
+    return saved
+
+
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 

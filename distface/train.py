@@ -67,7 +67,8 @@ class Session:
     def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False):
         import tensorflow as tf
 
-        from distface.checkpoint import Checkpointer, checkpoint_dir, complete_steps, save_config
+        from distface.checkpoint import (Checkpointer, check_resume, checkpoint_dir, complete_steps, read_manifest,
+                                         save_config)
         from distface.data.batches import BATCHES, batches_plan
         from distface.data.sources import train_source
         from distface.eval.records import Evaluator, NoEvaluation
@@ -84,6 +85,7 @@ class Session:
         if not resume and checkpoint_dir(out_dir).is_dir() and any(checkpoint_dir(out_dir).iterdir()):
             raise InputError(f"train.out_dir: {out_dir} already holds checkpoints; "
                              "pass --resume to continue or choose another train.out_dir")
+        saved = check_resume(cfg, out_dir) if resume and complete_steps(out_dir) else None
         self.runtime = runtime = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
         self.training_set = train_source(cfg)
         self.objective_cls = OBJECTIVES[cfg.loss.type]
@@ -112,9 +114,14 @@ class Session:
         layout = {"num_classes": self.training_set.num_classes, "embedding_size": cfg.model.embedding_size,
                   "head": None if head is None else head.kind, "block_size": None if head is None else head.block_size}
         self.checkpointer = Checkpointer(self.state, runtime, layout, out_dir, cfg.train.keep_checkpoints)
-        if resume and complete_steps(out_dir):
+        if saved is not None:
             step = self.checkpointer.restore()
             self.monitor.say(f"resumed from {checkpoint_dir(out_dir)}/ckpt-{step} at step {step}")
+            before = saved.data.batch_size * read_manifest(out_dir, step)["world_size"]
+            if before != self.trainer.global_batch:
+                self.monitor.say(f"the global batch is now {self.trainer.global_batch} (saved at {before}); "
+                                 f"learning rate in use {self.trainer.learning_rate():.4g} (optim.lr "
+                                 f"{cfg.optim.lr:g}; README: the scaling rule)")
         elif resume:
             self.monitor.say(f"--resume: no complete checkpoint in {checkpoint_dir(out_dir)}, starting at step 0")
         # Distribution: replicas start from the chief's replicated state (head blocks stay per replica).

@@ -120,16 +120,32 @@ def test_merge_cli(two_replica_run, tmp_path):
     np.testing.assert_array_equal(np.load(out)["weight"], merge_head(two_replica_run)["weight"])
 
 
-@pytest.mark.parametrize("change, key", [("model.embedding_size=64", "embedding_size"),
-                                         ("head.type=softmax", "head")])
-def test_incompatible_resume_exits_2(two_replica_run, change, key):
+RESUME_31 = ["--set", "head.m3=0.3", "--set", "data.train_identities=[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,"
+             "20,21,22,23,24,25,26,27,28,29,30,31]", "--resume"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ("model.embedding_size=64", "model.embedding_size: "), ("model.backbone=sphere20", "model.backbone: "),
+    ("model.image_size=[112, 96]", "model.image_size: "), ("head.type=softmax", "saved with head =")])
+def test_incompatible_resume_exits_2(two_replica_run, change, message):
+    events = sorted((two_replica_run / "tb").iterdir())
     proc = subprocess.run([sys.executable, *BASE, "--set", f"train.out_dir={two_replica_run}", "--set", change,
-                           "--set", "train.steps=12", "--set", "head.m3=0.3", "--set",
-                           "data.train_identities=[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,"
-                           "26,27,28,29,30,31]", "--resume"], capture_output=True, text=True, timeout=300)
+                           "--set", "train.steps=12", *RESUME_31], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     ours = [line for line in proc.stderr.splitlines() if line.startswith("distface:")]
-    assert len(ours) == 1 and f"saved with {key} =" in ours[0] and "Traceback" not in proc.stderr
+    assert len(ours) == 1 and message in ours[0] and "Traceback" not in proc.stderr, proc.stderr
+    if message.startswith("model."):  # refused before anything is written
+        assert sorted((two_replica_run / "tb").iterdir()) == events
+
+
+def test_resume_at_another_world_size_says_the_new_global_batch(two_replica_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(two_replica_run, out)
+    proc = subprocess.run([sys.executable, *[a for a in BASE if a != "--quiet"], "--set", f"train.out_dir={out}",
+                           "--set", "train.steps=11", "--set", "head.type=cosface", *RESUME_31],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the global batch is now 8 (saved at 16); learning rate in use" in proc.stdout + proc.stderr
 
 
 def test_export_matches_training_model(two_replica_run, tmp_path):
