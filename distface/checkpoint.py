@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -87,6 +88,10 @@ def _block_key(replica: int, group: str, name: str) -> str:
     return f"{BLOCKS}/replica_{replica}/{group}/{name}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (the disk, not the user's input); earlier checkpoints stay good."""
+
+
 class Checkpointer:
     """Saves and restores one process's share of a TrainState (see the module docstring)."""
 
@@ -119,7 +124,17 @@ class Checkpointer:
 
     def save(self, step: int) -> None:
         runtime = self.runtime
-        self.manager.save(checkpoint_number=step)
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as err:  # a full disk, a quota, a file-size limit
+            directory = Path(self.manager.directory)
+            for partial in directory.glob(f"ckpt-{step}_temp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            good = complete_steps(self.run_dir)
+            reason = (getattr(err, "message", None) or str(err)).strip().splitlines()[0]
+            raise CheckpointWriteError(
+                f"checkpoint of step {step}: writing {directory} failed ({reason}); the partial checkpoint was "
+                f"removed; last good checkpoint: {f'step {good[-1]}' if good else 'none'}") from None
         runtime.barrier()  # every process has written its blocks before the manifest says so
         if not runtime.is_chief:
             return

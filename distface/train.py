@@ -35,11 +35,12 @@ def main(argv=None) -> int:
     except (InputError, OSError) as err:  # bad input: one line; anything else keeps its traceback
         print(f"distface: {err}", file=sys.stderr)
         return 2
+    from distface.checkpoint import CheckpointWriteError
     from distface.loop import TrainingStopped
 
     try:
         session.train()
-    except TrainingStopped as err:
+    except (TrainingStopped, CheckpointWriteError) as err:
         print(f"distface: {err}", file=sys.stderr)
         return 1
     return 0

@@ -219,3 +219,26 @@ def test_dead_horovod_rank_ends_the_job_and_resume_continues(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert complete_steps(out)[-1] == last + 5
     assert (out / "checkpoints" / "process1" / f"ckpt-{last + 5}.index").is_file()
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+    """Files cut at half a checkpoint's size (RLIMIT_FSIZE: the write fails as on a full disk) on a resume: its
+    first checkpoint fails, the one it resumed from stays the last good one."""
+    import resource
+
+    out = tmp_path / "run"
+    train(out, steps=5)  # the checkpoint of step 5, written normally
+    data = max((out / "checkpoints").glob("ckpt-5.data-*"), key=lambda p: p.stat().st_size)
+    limit = data.stat().st_size // 2
+
+    def cut_writes():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, *BASE, "--set", f"train.out_dir={out}", "--set", "train.steps=10",
+                           "--resume"], capture_output=True, text=True, timeout=300, preexec_fn=cut_writes)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("distface:")]
+    assert len(ours) == 1 and "checkpoint of step 10" in ours[0] and "last good checkpoint: step 5" in ours[0]
+    assert str(out / "checkpoints") in ours[0]
+    assert not list((out / "checkpoints").glob("*_temp*")) and complete_steps(out) == [5]
