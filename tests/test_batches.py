@@ -66,7 +66,7 @@ def test_train_source_builds_each_kind():
 
 
 def test_unknown_source_is_a_config_error_listing_the_registry(monkeypatch):
-    mine = TrainingSet((np.zeros((1, 8, 8, 3), np.uint8), np.zeros(1, np.int32)), 1, 1)
+    mine = TrainingSet((np.zeros((2, 8, 8, 3), np.uint8), np.arange(2, dtype=np.int32)), 2, 2)
     monkeypatch.setitem(SOURCES, "mine", lambda cfg: mine)
     cfg = Config()
     cfg.data.source = "hdf5"

@@ -304,7 +304,7 @@ def test_train_dataset_shuffle_is_seeded_and_reshuffles():
 def test_train_dataset_rejects_too_small_shard():
     source = marked_images(11)  # shards of 6 and 5
     train_dataset(source, image_size=(8, 8), batch_size=5, seed=0, num_shards=2, shard_index=1)
-    with pytest.raises(ValueError, match=r"has 5 examples.*batch_size 6"):
+    with pytest.raises(ValueError, match=r"data.batch_size: 6 is more than the 5 examples of shard 1 of 2"):
         train_dataset(source, image_size=(8, 8), batch_size=6, seed=0, num_shards=2, shard_index=1)
     with pytest.raises(ValueError, match="shard_index"):
         train_dataset(source, image_size=(8, 8), batch_size=1, seed=0, num_shards=2, shard_index=2)

@@ -57,5 +57,11 @@ BATCHES = {"shuffled": shuffled_batches, "identity_balanced": balanced_batches}
 
 def batches_plan(name: str, cfg: Config, source, num_shards: int, shard_index: int) -> str | None:
     """What BATCHES[name] will do with this shard that a user should see (the data.cache decision), checked
-    before anything is read or written; None when there is nothing to say."""
-    return cache_plan(cfg, source, num_shards, shard_index)[1] if name == "shuffled" else None
+    before anything is read or written (a batch larger than the shard, a cache that cannot fit raise InputError);
+    None when there is nothing to say."""
+    if name != "shuffled":
+        return None
+    from distface.data.pipeline import check_batch_fits, shard_size
+
+    check_batch_fits(shard_size(source, num_shards, shard_index), cfg.data.batch_size, num_shards, shard_index)
+    return cache_plan(cfg, source, num_shards, shard_index)[1]

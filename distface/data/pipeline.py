@@ -142,6 +142,17 @@ class EncodedSource(Protocol):
 Source = Union[ImageList, EncodedSource, tuple[np.ndarray, np.ndarray]]
 
 
+def check_batch_fits(shard_size: int, batch_size: int, num_shards: int, shard_index: int) -> None:
+    if shard_size < batch_size:
+        raise InputError(f"data.batch_size: {batch_size} is more than the {shard_size} examples of shard "
+                         f"{shard_index} of {num_shards}: it would yield no batches")
+
+
+def shard_size(source: Source, num_shards: int, shard_index: int) -> int:
+    """The examples of this shard, counted from the keys alone."""
+    return len(_shard(source, num_shards, shard_index)[0])
+
+
 def _shard(source: Source, num_shards: int, shard_index: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """(keys, labels, whether keys are uint8 images already) of this shard, in list order; nothing is read."""
     if isinstance(source, ImageList):
@@ -237,9 +248,7 @@ def train_dataset(source: Source, *, image_size: Sequence[int], batch_size: int,
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     keys, labels, decoded = _shard(source, num_shards, shard_index)
-    if len(keys) < batch_size:
-        raise InputError(f"shard {shard_index} of {num_shards} has {len(keys)} examples, fewer than "
-                         f"batch_size {batch_size}: it would yield no batches")
+    check_batch_fits(len(keys), batch_size, num_shards, shard_index)
     start = skip_batches * batch_size
     # Distribution: each shard draws its own order, so the workers' batches do not pair up neighbouring examples.
     stream_seed = _shard_seed(seed, shard_index)

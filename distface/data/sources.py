@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from distface.config import Config, ConfigError
+from distface.config import Config, ConfigError, InputError
 
 if TYPE_CHECKING:
     from distface.data.folders import ImageList
@@ -38,7 +38,12 @@ def train_source(cfg: Config) -> TrainingSet:
     build = SOURCES.get(cfg.data.source)
     if build is None:
         raise ConfigError(f"data.source: unknown source {cfg.data.source!r} (known: {', '.join(sorted(SOURCES))})")
-    return build(cfg)
+    training_set = build(cfg)
+    if training_set.num_classes < 2:  # one class: the softmax is 1 whatever the features, nothing is learnt
+        where = f" {cfg.data.path}" if cfg.data.path else ""
+        raise InputError(f"data.source: the {cfg.data.source} set{where} holds {training_set.num_classes} "
+                         "identity; training needs at least 2")
+    return training_set
 
 
 def _screened(cfg: Config, images: ImageList) -> TrainingSet:
