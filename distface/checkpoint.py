@@ -2,9 +2,9 @@
 
 Layout of `<run>/checkpoints/`:
 - `ckpt-<step>.*`: written by the chief: replicated state (backbone, replicated head, momentum, step, counters,
-  centers) and the head blocks the chief's replicas hold;
-- `process<p>/ckpt-<step>.*`: the head blocks (and their momentum) held by process p > 0 (Horovod ranks,
-  tf.distribute workers);
+  replicated centers) and the head blocks the chief's replicas hold;
+- `process<p>/ckpt-<step>.*`: the head blocks (and their momentum, and the sharded centers' blocks) held by
+  process p > 0 (Horovod ranks, tf.distribute workers);
 - `manifest-<step>.json`: written by the chief last, after every process has saved: the class layout (classes,
   world size, block size) and where each block lives. A checkpoint without its manifest is incomplete (cut by a
   kill) and is never restored.
@@ -113,7 +113,7 @@ class Checkpointer:
                                momentum=state.slots["replicated"])
         if state.head is not None:
             self.replicated["head"] = state.head.replicated
-        if state.centers is not None:
+        if state.centers is not None and not state.sharded_centers:  # sharded centers are among the blocks
             self.replicated["centers"] = state.centers
         items = {BLOCKS: blocks, **(self.replicated if runtime.is_chief else {})}
         directory = checkpoint_dir(run_dir)
@@ -168,8 +168,10 @@ class Checkpointer:
             if key in ("world_size", "block_size"):
                 continue
             if manifest.get(key) != now:
+                # "centers" among the blocks or not: the run was saved with the other loss.center_sharding
+                hint = " (loss.center_sharding)" if key == "sharded_variables" else ""
                 raise InputError(f"checkpoint {self.run_dir}: saved with {key} = {manifest.get(key)!r}, "
-                                 f"this config has {now!r}")
+                                 f"this config has {now!r}{hint}")
 
     def _restore_blocks(self, manifest: dict) -> None:
         """Fill this process's blocks from the saved blocks by global class id (any world size)."""
@@ -201,7 +203,8 @@ class Checkpointer:
 
 
 def merge_head(run_dir: str | Path, step: int | None = None) -> dict:
-    """The whole head of a checkpoint by global class id: {name: [C, ...]} ("weight", and "bias" for softmax)."""
+    """The whole head of a checkpoint by global class id: {name: [C, ...]} ("weight", "bias" for softmax, and
+    "centers" when they were sharded)."""
     manifest = read_manifest(run_dir, step)
     directory = checkpoint_dir(run_dir)
     out = {}

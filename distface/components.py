@@ -47,6 +47,7 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"head.{_HEAD_KEYS.get(err.param, err.param)}: must be {err.rule}") from None
     _known("train.strategy", cfg.train.strategy, STRATEGIES, "strategy")
 
+    from distface.centers import CENTER_SHARDINGS
     from distface.losses.center import CENTER_UPDATE_VARIANTS
     from distface.losses.triplet import DISTANCES, MININGS
     from distface.objectives import OBJECTIVES
@@ -56,6 +57,7 @@ def check(cfg: Config) -> None:
     lo = cfg.loss
     _known("loss.type", lo.type, OBJECTIVES, "loss type")
     _known("loss.center_variant", lo.center_variant, CENTER_UPDATE_VARIANTS, "center variant")
+    _known("loss.center_sharding", lo.center_sharding, CENTER_SHARDINGS, "center sharding")
     _known("loss.triplet_distance", lo.triplet_distance, DISTANCES, "distance")
     _known("loss.triplet_mining", lo.triplet_mining, MININGS, "mining")
     OBJECTIVES[lo.type].check(cfg)

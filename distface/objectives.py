@@ -12,9 +12,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from distface.centers import build_centers, center_sharding
 from distface.config import Config, require
 from distface.heads.build import build_head
-from distface.losses.center import center_loss, center_stats, center_update, count_labels
+from distface.losses.center import center_distance
 from distface.losses.triplet import triplet_loss
 
 
@@ -31,14 +32,17 @@ class Classification:
         self.cfg = cfg.loss
         self.num_classes = num_classes
         self.head = build_head(cfg.head, runtime, num_classes, cfg.model.embedding_size, seed=cfg.train.seed)
-        self.centers = None
-        if cfg.loss.center_weight > 0:
-            self.centers = runtime.replicated_variable(tf.zeros([num_classes, cfg.model.embedding_size]),
-                                                       name="centers")
+        # centers.ReplicatedCenters | ShardedCenters (loss.center_sharding), or None without center loss
+        self.centers = build_centers(cfg, runtime, num_classes) if cfg.loss.center_weight > 0 else None
 
     @staticmethod
     def check(cfg: Config) -> None:
         """Config rules that hold only for this objective (ConfigError naming the key)."""
+        # Without center loss there are no centers, and loss.center_sharding places nothing.
+        if cfg.loss.center_weight > 0 and center_sharding(cfg) == "sharded":
+            require(cfg.head.sharding == "sharded", "loss.center_sharding",
+                    "sharded centers live beside the head's class blocks: needs head.sharding: sharded "
+                    "(or use center_sharding: replicated)")
 
     def describe(self, cfg: Config) -> str:
         return f"{cfg.head.type} ({cfg.head.sharding} head) on {self.num_classes} identities"
@@ -49,10 +53,10 @@ class Classification:
         ratios = {"loss/cross_entropy": (tf.reduce_sum(out.loss) / global_batch, share)}
         per_example = out.loss
         if self.centers is not None:
-            center = center_loss(embeddings, labels, self.centers)
+            center = center_distance(embeddings, self.centers.batch_centers(collectives, labels))
             per_example = per_example + self.cfg.center_weight * center
             ratios["loss/center"] = (tf.reduce_sum(center) / global_batch, share)
-            ratios["center/mean_norm"] = (center_stats(self.centers), 1.0)
+            ratios["center/mean_norm"] = self.centers.mean_norm(collectives)
         histograms = {}
         if self.head.kind != "softmax":
             angles = out.angles
@@ -63,12 +67,8 @@ class Classification:
 
     def after_update(self, runtime, embeddings, labels, ok) -> None:
         """Move the centers towards this step's features (nothing moves on a skipped step)."""
-        if self.centers is None:
-            return
-        # Distribution: n_j is counted over the global batch, and every replica's rows are applied.
-        counts = count_labels(labels, runtime.collectives.all_gather(labels))
-        rows = center_update(embeddings, labels, self.centers, self.cfg.center_alpha, counts, self.cfg.center_variant)
-        runtime.scatter_sub_all(self.centers, tf.IndexedSlices(tf.where(ok, rows.values, 0.0), rows.indices))
+        if self.centers is not None:
+            self.centers.update(runtime, embeddings, labels, self.cfg.center_alpha, self.cfg.center_variant, ok)
 
 
 class Triplet:

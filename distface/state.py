@@ -2,7 +2,8 @@
 
 - `backbone`: the embedding network (replicated);
 - `head.replicated` / `head.sharded`: the head's variables by name (None for triplet training);
-- `centers`: the center-loss centers (replicated) or None;
+- `centers`: the center-loss centers variable or None: replicated, or (`sharded_centers`) this replica's class
+  block of them beside the head's (distface/centers.py);
 - `step`, `counters`: the update count and the non-finite guard's / loss scaler's counters (replicated);
 - `slots`: the optimizer's momentum, keyed by the name of the variable it belongs to.
 
@@ -21,7 +22,9 @@ class TrainState(tf.Module):
         super().__init__(name="state")
         self.backbone = backbone
         self.head = objective.head
-        self.centers = objective.centers
+        centers = objective.centers
+        self.centers = None if centers is None else centers.variable
+        self.sharded_centers = centers is not None and centers.sharded
         self.step = runtime.replicated_variable(tf.constant(0, tf.int64), name="step")
         # Non-finite guard: skipped steps in all, and in a row (training stops at train.max_bad_steps).
         self.counters = {"skipped": runtime.replicated_variable(tf.constant(0, tf.int64), name="skipped_steps"),
@@ -48,9 +51,13 @@ class TrainState(tf.Module):
         state += list(self.slots[REPLICATED].values())
         if self.head is not None:
             state += list(self.head.replicated.values())
-        return state + ([self.centers] if self.centers is not None else [])
+        return state + ([self.centers] if self.centers is not None and not self.sharded_centers else [])
 
     def sharded_state(self) -> dict:
-        """{"params": {name: block}, "momentum": {name: block}}: what lives in a replica's class block."""
+        """{"params": {name: block}, "momentum": {name: block}}: what lives in a replica's class block (the head's
+        blocks with their momentum, and the sharded centers, which the optimizer does not move)."""
         params = {} if self.head is None else dict(self.head.sharded)
-        return {"params": params, "momentum": {name: self.slots[SHARDED][f"head/{name}"] for name in params}}
+        momentum = {name: self.slots[SHARDED][f"head/{name}"] for name in params}
+        if self.sharded_centers:
+            params["centers"] = self.centers
+        return {"params": params, "momentum": momentum}

@@ -105,8 +105,9 @@ class Session:
 
         tf.keras.utils.set_random_seed(cfg.train.seed)
         with runtime.scope(), precision_policy(cfg.train.mixed_precision):
+            # Distribution: model.sync_batchnorm computes BatchNorm statistics over the runtime's collectives.
             backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size,
-                                      cfg.model.dropout)
+                                      cfg.model.dropout, runtime.collectives if cfg.model.sync_batchnorm else None)
         self.objective = self.objective_cls(cfg, runtime, self.training_set.num_classes)
         self.state = TrainState(runtime, backbone, self.objective, cfg.train.mixed_precision == "float16")
         self.trainer = Trainer(cfg, runtime, self.state, self.objective,

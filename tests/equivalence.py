@@ -23,7 +23,7 @@ HEADS = {  # kind -> overrides: each margin head with a non-trivial setting
 
 
 def make_config(kind: str, per_replica_batch: int, sharding: str, center_weight: float = 0.0,
-                label_smoothing: float = 0.0, clip_norm: float = 0.0) -> Config:
+                label_smoothing: float = 0.0, clip_norm: float = 0.0, center_sharding: str = "replicated") -> Config:
     cfg = Config()
     cfg.head.type, cfg.head.sharding = kind, sharding
     cfg.head.m1, cfg.head.m2, cfg.head.m3 = 1.0, 0.0, 0.0
@@ -34,6 +34,7 @@ def make_config(kind: str, per_replica_batch: int, sharding: str, center_weight:
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule = 0.1, 0, "constant"
     cfg.optim.clip_norm = clip_norm
     cfg.loss.center_weight, cfg.loss.label_smoothing = center_weight, label_smoothing
+    cfg.loss.center_sharding = center_sharding
     return cfg
 
 
@@ -112,9 +113,33 @@ def train(trainer: Trainer, problem: dict, steps: int = 3) -> dict:
         trainer.train_step(x, labels)
     out = dict(kernel=state.backbone.layers[0].kernel.numpy(), bias=state.backbone.layers[0].bias.numpy(),
                weight_blocks={r: c.numpy() for r, c in engine.local_components(state.head.weight).items()})
-    if state.centers is not None:
+    if state.sharded_centers:
+        out["center_blocks"] = {r: c.numpy() for r, c in engine.local_components(state.centers).items()}
+    elif state.centers is not None:
         out["centers"] = state.centers.numpy()
     return out
+
+
+def objective_loss_and_grads(trainer: Trainer, problem: dict) -> dict:
+    """The objective's whole loss (head + center loss) and its center loss on the fixed batch, summed over
+    replicas; d loss / d embeddings (own rows) and d loss / d kernel (reduced like the backbone's), per local
+    replica."""
+    engine, state = trainer.runtime, trainer.state
+    kernel = state.backbone.layers[0].kernel
+
+    def replica_fn(x, labels):
+        with tf.GradientTape() as tape:
+            embeddings = state.backbone(x, training=True)
+            loss, metrics = trainer.objective.loss(engine.collectives, embeddings, labels, state.step,
+                                                   trainer.global_batch)
+        d_emb, d_kernel = tape.gradient(loss, [embeddings, kernel])
+        totals = engine.collectives.all_reduce_sum(tf.stack([loss, metrics.ratios["loss/center"][0]]))
+        return totals, d_emb, engine.reduce_gradients([d_kernel])[0]
+
+    fn = tf.function(lambda x, labels: _per_replica_run(engine, replica_fn, x, labels))
+    totals, d_emb, d_kernel = fn(per_replica(engine, problem["x"]), per_replica(engine, problem["labels"]))
+    return dict(loss=totals[0][0].numpy(), center_loss=totals[0][1].numpy(), d_emb=[t.numpy() for t in d_emb],
+                d_kernel=[t.numpy() for t in d_kernel])
 
 
 def full_weight(blocks: dict, num_classes: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Run by tests/test_reliability.py in a fresh process (so it can split the CPU into N devices): resume a run at
 a given world size and write what must not depend on it: the global loss and embeddings of a fixed batch, and
-the head weight and momentum reassembled by class id."""
+the head weight and momentum (and the center-loss centers, if any) reassembled by class id."""
 import os
 import sys
 
@@ -38,9 +38,12 @@ def probe(run_dir: str, out: str, strategy: str, cpu_replicas: int) -> None:
     def whole(var):
         return full_weight({r: c.numpy() for r, c in engine.local_components(var).items()}, num_classes)
 
+    centers = {}
+    if state.centers is not None:
+        centers["centers"] = whole(state.centers) if state.sharded_centers else state.centers.numpy()
     np.savez(out, loss=loss[0].numpy(), embeddings=np.concatenate([e.numpy() for e in embeddings]),
              weight=whole(sharded["params"]["weight"]), momentum=whole(sharded["momentum"]["weight"]),
-             step=int(state.step.numpy()))
+             step=int(state.step.numpy()), **centers)
 
 
 if __name__ == "__main__":

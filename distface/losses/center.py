@@ -13,9 +13,15 @@ CENTER_UPDATE_VARIANTS = ("paper", "facenet")
 
 def center_loss(features: tf.Tensor, labels: tf.Tensor, centers: tf.Tensor) -> tf.Tensor:
     """½‖x_i − c_{y_i}‖² per example; returns [B] float32. Gradient flows to `features` only."""
+    return center_distance(features, tf.gather(centers, labels))
+
+
+def center_distance(features: tf.Tensor, batch_centers: tf.Tensor) -> tf.Tensor:
+    """½‖x_i − c_i‖² per example for the examples' own centers [B, d] (however they were fetched: a sharded
+    caller reads them from the class blocks' owners); [B] float32, gradient to `features` only."""
     features = tf.cast(features, tf.float32)
-    centers_batch = tf.stop_gradient(tf.cast(tf.gather(centers, labels), tf.float32))
-    return 0.5 * tf.reduce_sum(tf.square(features - centers_batch), axis=-1)
+    batch_centers = tf.stop_gradient(tf.cast(batch_centers, tf.float32))
+    return 0.5 * tf.reduce_sum(tf.square(features - batch_centers), axis=-1)
 
 
 def count_labels(labels: tf.Tensor, pool_labels: tf.Tensor | None = None) -> tf.Tensor:

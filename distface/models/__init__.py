@@ -50,9 +50,17 @@ DEFAULT_EMBEDDING = {
 }
 
 
-def build_backbone(name: str, image_size, embedding_size: int, dropout: float = 0.0):
-    """The registered builder's model for (h, w) images and d-dimensional embeddings."""
+def build_backbone(name: str, image_size, embedding_size: int, dropout: float = 0.0, batchnorm_collectives=None):
+    """The registered builder's model for (h, w) images and d-dimensional embeddings.
+
+    batchnorm_collectives (model.sync_batchnorm): the engine's collectives over which BatchNorm computes its batch
+    statistics (sync_batchnorm.py); with one replica the plain layer already sees the global batch and stays."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r} (known: {', '.join(sorted(BACKBONES))})")
     module, _, function = BACKBONES[name].partition(":")
-    return getattr(importlib.import_module(module), function)(tuple(image_size), embedding_size, dropout)
+    model = getattr(importlib.import_module(module), function)(tuple(image_size), embedding_size, dropout)
+    if batchnorm_collectives is not None and batchnorm_collectives.num_replicas > 1:
+        from distface.models.sync_batchnorm import synchronize_batchnorm
+
+        model = synchronize_batchnorm(model, batchnorm_collectives)
+    return model
