@@ -39,7 +39,7 @@ class DataConfig:
     identities_per_batch: int = 8
     images_per_identity: int = 4
     flip: bool = True
-    bad_images: str = "fail"  # fail: stop naming the first broken image file; skip: leave such files out, counted
+    bad_images: str = "fail"  # an image that cannot be decoded: fail names it and stops; skip drops it, counted
     # Keep the shard's decoded images in memory: auto when they fit in cache_budget_gib, true (stop before training
     # when they do not), false. 0 budget: distface.data.pipeline.CACHE_FRACTION of the machine's available memory.
     cache: typing.Literal["auto", "true", "false"] = "auto"

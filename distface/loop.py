@@ -6,6 +6,7 @@ across replicas, sharded (head block) gradients stay local.
 """
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -52,13 +53,16 @@ class Trainer(tf.Module):
         bad = tf.add_n([tf.reduce_sum(tf.cast(~tf.math.is_finite(tf.cast(_values(g), tf.float32)), tf.float32))
                         for g in tf.nest.flatten(grads) + [loss] if g is not None])
         ok = collectives.all_reduce_sum(bad) == 0
+        # The guard's limit reached: the step changes nothing, its counts included, until the loop sees the streak
+        # (it reads it every few steps, not after each: no host sync per step), so the run stops at the limit.
+        live = state.counters["bad_streak"] < cfg.train.max_bad_steps
         if cfg.optim.clip_norm > 0:
             grads = self._clip(grads)
-        self.optimizer.apply(grads, self.variables_by_group, state.slots, state.step, ok)
+        self.optimizer.apply(grads, self.variables_by_group, state.slots, state.step, ok & live)
         for var, before in zip(state.backbone.non_trainable_variables, moving):
-            var.assign(tf.where(ok, var, before))
-        self.objective.after_update(runtime, embeddings, labels, ok)
-        self._count_step(ok)
+            var.assign(tf.where(ok & live, var, before))
+        self.objective.after_update(runtime, embeddings, labels, ok & live)
+        self._count_step(ok, live)
 
         counters = state.counters
         ratios = dict(metrics.ratios)
@@ -71,18 +75,21 @@ class Trainer(tf.Module):
         scalars = {n: totals[2 * i] / tf.maximum(totals[2 * i + 1], 1e-12) for i, n in enumerate(names)}
         return StepMetrics(scalars, {n: collectives.all_gather(v) for n, v in metrics.histograms.items()})
 
-    def _count_step(self, ok):
+    def _count_step(self, ok, live):
         runtime, counters = self.runtime, self.state.counters
-        bad = tf.cast(~ok, tf.int64)
-        runtime.assign(self.state.step, self.state.step + 1)
-        runtime.assign(counters["skipped"], counters["skipped"] + bad)
-        runtime.assign(counters["bad_streak"], (counters["bad_streak"] + bad) * bad)
+        bad, counted = tf.cast(~ok, tf.int64), tf.cast(live, tf.int64)
+        runtime.assign(self.state.step, self.state.step + counted)
+        runtime.assign(counters["skipped"], counters["skipped"] + bad * counted)
+        runtime.assign(counters["bad_streak"], tf.where(live, (counters["bad_streak"] + bad) * bad,
+                                                        counters["bad_streak"]))
         if "loss_scale" in counters:  # halve on overflow, double after LOSS_SCALE_PERIOD good steps
             good = tf.where(ok, counters["good_steps"] + 1, 0)
             grow = good >= LOSS_SCALE_PERIOD
             scale = counters["loss_scale"]
-            runtime.assign(counters["good_steps"], tf.where(grow, tf.zeros_like(good), good))
-            runtime.assign(scale, tf.where(ok, tf.where(grow, scale * 2.0, scale), scale * 0.5))
+            runtime.assign(counters["good_steps"], tf.where(live, tf.where(grow, tf.zeros_like(good), good),
+                                                            counters["good_steps"]))
+            runtime.assign(scale, tf.where(live, tf.where(ok, tf.where(grow, scale * 2.0, scale), scale * 0.5),
+                                           scale))
 
     def _clip(self, grads):
         """Clip by the norm of the whole gradient: a sharded block holds only its rows' part of it."""
@@ -129,30 +136,59 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on (diverged); the checkpoints on disk are good."""
 
 
-def train_loop(trainer: Trainer, batches, checkpointer, evaluate, monitor) -> None:
+def train_loop(trainer: Trainer, batches, checkpointer, evaluate, monitor, bad_records=None) -> None:
     """The cadence of a run from the state's step to train.steps: log, check the guard, checkpoint, evaluate
-    between checkpoints, and a final checkpoint."""
+    between checkpoints, and a final checkpoint. bad_records (distface.data.failures.BadRecords): the stream's
+    undecodable records, named and counted at each log step, or (data.bad_images: fail) raised as BadRecord."""
     cfg = trainer.cfg.train
     start = int(trainer.state.step.numpy())
     saved = start  # a resumed run starts from a saved step
+    # The streak is read every `guard_every` steps (and before each log, checkpoint and evaluation): never after
+    # more steps than the limit, and the steps past the limit change nothing (Trainer), so the run stops there.
+    guard_every = min(cfg.max_bad_steps, cfg.log_every)
     monitor.start(start)
     for step in range(start + 1, cfg.steps + 1):
-        metrics = trainer.train_step(*next(batches))
+        metrics = trainer.train_step(*_next_batch(batches, bad_records))
         checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-        if step % cfg.log_every == 0 or step == cfg.steps or checkpoint:
+        evaluation = cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps
+        log = step % cfg.log_every == 0 or step == cfg.steps or checkpoint
+        if log:
             monitor.log_step(step, metrics, trainer.learning_rate())
-        # Every step, so a run stops at the limit: one scalar read, and the step has finished anyway (a
-        # tf.function call returns its results; on a GPU this waits for the step before the next is queued).
-        _check_streak(trainer, checkpointer, cfg.max_bad_steps)
+            _report_bad_records(bad_records, monitor, step, trainer.runtime.is_chief)
+        if log or evaluation or step % guard_every == 0:
+            _check_streak(trainer, checkpointer, cfg.max_bad_steps)
         if checkpoint:
             checkpointer.save(step)
             saved = step
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+        if evaluation:
             evaluate(trainer.state.backbone, step)
             monitor.start(step)  # keep eval time out of the images/s figure
     # Decided from this process's own history, never from the disk: every process must call save() alike.
     if saved != cfg.steps:
         checkpointer.save(cfg.steps)
+
+
+def _next_batch(batches, bad_records):
+    """The next batch; a stream stopped by data.bad_images: fail raises BadRecord naming the record."""
+    try:
+        return next(batches)
+    except tf.errors.OpError:
+        if bad_records is None or not bad_records.count:
+            raise  # not a record of ours: keep TensorFlow's traceback
+        from distface.data.failures import BadRecord
+
+        raise BadRecord(bad_records.failure()) from None
+
+
+def _report_bad_records(bad_records, monitor, step: int, is_chief: bool) -> None:
+    """Name the records skipped since the last log step (each process its own shard's: only it knows them) and
+    write their count (the chief's shard) to TensorBoard."""
+    if bad_records is None or bad_records.policy != "skip":  # under fail the stream's error names the record
+        return
+    for line in bad_records.lines():
+        print(f"distface: {line}", file=sys.stderr, flush=True)
+    if is_chief:
+        monitor.scalars(step, {"data/skipped_records": bad_records.count})
 
 
 def _check_streak(trainer: Trainer, checkpointer, max_bad_steps: int) -> None:

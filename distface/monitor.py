@@ -22,8 +22,17 @@ class Monitor:
         self.total_steps = total_steps
         self.global_batch = global_batch
         self.stream = stream
-        self.writer = tf.summary.create_file_writer(logdir) if enabled and logdir else None
+        self.logdir = logdir if enabled else None
+        self._writer = None
         self._mark = None
+
+    @property
+    def writer(self):
+        """The TensorBoard writer (None when this process writes none), created at its first use: a run
+        refused while it is being set up leaves no event file."""
+        if self._writer is None and self.logdir:
+            self._writer = tf.summary.create_file_writer(self.logdir)
+        return self._writer
 
     def start(self, step: int) -> None:
         self._mark = (time.perf_counter(), step)
@@ -60,5 +69,5 @@ class Monitor:
                  f"{rate:,.0f} img/s | eta {format_duration(eta)}")
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def main(argv=None) -> int:
 
     try:
         session.train()
+    except InputError as err:  # a record that cannot be decoded, under data.bad_images: fail
+        print(f"distface: {err}", file=sys.stderr)
+        return 2
     except (TrainingStopped, CheckpointWriteError) as err:
         print(f"distface: {err}", file=sys.stderr)
         return 1
@@ -60,6 +64,21 @@ def precision_policy(mode: str):
         tf.keras.mixed_precision.set_global_policy(previous)
 
 
+@contextlib.contextmanager
+def removed_if_refused(out_dir: Path, chief: bool):
+    """The run folder (the chief makes it) for a block that writes into it and may still refuse the run: a
+    folder this block made is removed again when it raises."""
+    made = chief and not out_dir.exists()
+    if chief:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
 class Session:
     """Everything a run needs, built (and validated) before the first step, in the order each piece needs the
     previous: the runtime places variables, the training set gives the class count, the state holds the
@@ -71,6 +90,7 @@ class Session:
         from distface.checkpoint import (Checkpointer, check_resume, checkpoint_dir, complete_steps, read_manifest,
                                          save_config)
         from distface.data.batches import BATCHES, batches_plan
+        from distface.data.failures import BadRecords
         from distface.data.sources import train_source
         from distface.eval.records import Evaluator, NoEvaluation
         from distface.loop import Trainer
@@ -79,6 +99,7 @@ class Session:
         from distface.objectives import OBJECTIVES
         from distface.optim import MomentumSGD
         from distface.parallel import build_engine
+        from distface.progress import Progress
         from distface.state import TrainState
 
         self.cfg = cfg
@@ -88,20 +109,20 @@ class Session:
                              "pass --resume to continue or choose another train.out_dir")
         saved = check_resume(cfg, out_dir) if resume and complete_steps(out_dir) else None
         self.runtime = runtime = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
-        self.training_set = train_source(cfg)
+        # Nothing is written until every check has passed (the data, the batch, the model, a resume, the
+        # verification sets): a refused run leaves no folder behind and adds nothing to a resumed one.
+        self.training_set = train_source(cfg, Progress("screened", quiet or not runtime.is_chief))
         self.objective_cls = OBJECTIVES[cfg.loss.type]
         # Distribution: one input pipeline per process (its shard of the set).
         plan = batches_plan(self.objective_cls.batches, cfg, self.training_set.source, runtime.num_processes,
                             runtime.process_index)
-        if runtime.is_chief:
-            out_dir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard's event file appears at the first scalar written.
         self.monitor = Monitor(str(out_dir / "tb"), cfg.train.steps, cfg.data.batch_size * runtime.num_replicas,
                                enabled=runtime.is_chief, quiet=quiet)
         if runtime.is_chief and self.training_set.summary():  # rank 0 speaks
             print(f"distface: {self.training_set.summary()}", file=sys.stderr)
         if plan:
             self.monitor.say(plan)
-        self.evaluate = Evaluator(cfg, out_dir, self.monitor) if runtime.is_chief else NoEvaluation()
 
         tf.keras.utils.set_random_seed(cfg.train.seed)
         with runtime.scope(), precision_policy(cfg.train.mixed_precision):
@@ -126,14 +147,19 @@ class Session:
                                  f"{cfg.optim.lr:g}; README: the scaling rule)")
         elif resume:
             self.monitor.say(f"--resume: no complete checkpoint in {checkpoint_dir(out_dir)}, starting at step 0")
+        with removed_if_refused(out_dir, runtime.is_chief):  # the default ORL pairs file is written, then read
+            self.evaluate = Evaluator(cfg, out_dir, self.monitor) if runtime.is_chief else NoEvaluation()
         # Distribution: replicas start from the chief's replicated state (head blocks stay per replica).
         runtime.broadcast_from_chief(self.state.replicated_state())
         if runtime.is_chief:
             save_config(cfg, out_dir)
         # Exact resume: the data stream is a function of the seed; the runtime skips the batches trained on.
+        # Images that cannot be decoded are dropped and counted there, or stop the run (data.bad_images).
         make_batches = BATCHES[self.objective.batches]
+        self.bad_records = BadRecords(cfg.data.bad_images)
         self.dataset = runtime.distribute_dataset(
-            lambda shards, index, skip: make_batches(cfg, self.training_set.source, shards, index, skip),
+            lambda shards, index, skip: make_batches(cfg, self.training_set.source, shards, index, skip,
+                                                     self.bad_records),
             int(self.state.step.numpy()))
 
     def train(self) -> list[dict]:
@@ -146,7 +172,7 @@ class Session:
                     f"{self.runtime.name} x{self.runtime.num_replicas} | global batch {self.trainer.global_batch} | "
                     f"steps {start}..{cfg.train.steps} | out {self.out_dir}")
         began = time.perf_counter()
-        train_loop(self.trainer, self.dataset, self.checkpointer, self.evaluate, monitor)
+        train_loop(self.trainer, self.dataset, self.checkpointer, self.evaluate, monitor, self.bad_records)
         monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
         result = self.evaluate(self.state.backbone, cfg.train.steps)
         monitor.close()

@@ -1,5 +1,7 @@
 """Non-finite guard and mixed precision: a NaN batch is skipped everywhere (no variable changes, counted) and
 training goes on; bfloat16/float16 backbones train with float32 heads."""
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -59,7 +61,10 @@ def test_mixed_precision_step(tmp_path, precision):
         assert float(state.counters["loss_scale"].numpy()) <= 2.0 ** 15
 
 
-def test_training_stops_at_max_bad_steps_not_at_the_next_log_step(tmp_path):
+@pytest.mark.parametrize("clean_first", [0, 1], ids=["aligned", "off-by-one"])
+def test_training_stops_at_max_bad_steps_not_at_the_next_log_step(tmp_path, clean_first):
+    """The streak is read every max_bad_steps steps; when it reaches the limit between two reads, the steps after
+    it change nothing, so the run stops with exactly the limit's bad steps and no step past them counted."""
     from distface.loop import TrainingStopped, train_loop
 
     class Quiet:
@@ -82,7 +87,9 @@ def test_training_stops_at_max_bad_steps_not_at_the_next_log_step(tmp_path):
     trainer = build(engine, cfg, problem)
     poisoned = problem["x"].copy()
     poisoned[0, 0] = np.nan
-    batches = iter(lambda: (tf.constant(poisoned), tf.constant(problem["labels"])), None)
+    clean = [(tf.constant(problem["x"]), tf.constant(problem["labels"]))] * clean_first
+    batches = itertools.chain(clean, iter(lambda: (tf.constant(poisoned), tf.constant(problem["labels"])), None))
     with pytest.raises(TrainingStopped, match="3 steps in a row"):
         train_loop(trainer, batches, NoCheckpoints(), lambda *a: [], Quiet())
-    assert int(trainer.state.step.numpy()) == 3 and int(trainer.state.counters["skipped"].numpy()) == 3
+    assert int(trainer.state.step.numpy()) == 3 + clean_first
+    assert int(trainer.state.counters["skipped"].numpy()) == 3

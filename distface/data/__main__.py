@@ -1,5 +1,6 @@
-"""python -m distface.data pack FOLDER OUT.rec | OUT.tfrecord [--files N] [--extensions .jpg,.png] [--quiet]
-python -m distface.data bin PAIRS_FILE IMAGE_ROOT OUT.bin [--quiet]
+"""python -m distface.data pack FOLDER OUT.rec | OUT.tfrecord [--files N] [--extensions .jpg,.png]
+    [--bad-images fail | skip] [--quiet]
+python -m distface.data bin PAIRS_FILE IMAGE_ROOT OUT.bin [--bad-images fail | skip] [--quiet]
 python -m distface.data align RAW_DIR ALIGNED_DIR [--size 112x112 | 112x96] [--all] [--workers N] [--ext .png | .jpg]
     [--quiet]
 
@@ -7,8 +8,9 @@ pack: an image tree with one sub-folder per identity -> insightface's RecordIO (
 TFRecord files (--files N: OUT-00000-of-0000N.tfrecord ...). bin: the pairs of an LFW-format pairs file -> an
 insightface .bin verification set. align: detect the face (the largest, or --all) in each image of an identity-
 folder tree, fit its 5 landmarks onto the ArcFace template and write the crops in the same tree; images without a
-face are listed in ALIGNED_DIR/no_face.txt (needs pip install 'distface[align]'). Bad input stops with one line on
-stderr and exit code 2, writing nothing.
+face are listed in ALIGNED_DIR/no_face.txt (needs pip install 'distface[align]'). pack and bin decode every image
+once before writing: one that cannot be decoded stops them, naming it, or (--bad-images skip) is left out and
+listed. Bad input stops with one line on stderr and exit code 2, writing nothing.
 """
 from __future__ import annotations
 
@@ -31,11 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="default: from OUT's extension (.rec, .tfrecord)")
     pack.add_argument("--files", type=int, default=1, help="TFRecord files to deal the images over (default 1)")
     pack.add_argument("--extensions", help="comma-separated image extensions to include, e.g. .pgm")
+    bad_images_option(pack, "images")
     pack.add_argument("--quiet", action="store_true", help="no progress line")
     pairs = sub.add_parser("bin", help="make an insightface .bin verification set from an LFW-format pairs file")
     pairs.add_argument("pairs_file")
     pairs.add_argument("image_root", help="folder the pairs' identities live in")
     pairs.add_argument("out", help="OUT.bin")
+    bad_images_option(pairs, "pairs that use one")
     pairs.add_argument("--quiet", action="store_true", help="no progress line")
     align = sub.add_parser("align", help="detect, landmark and align faces onto the ArcFace template")
     align.add_argument("raw_dir", help="image root: one sub-folder per identity")
@@ -49,8 +53,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+SKIP_HINT = "pass --bad-images skip to leave such files out"
+
+
+def bad_images_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--bad-images", choices=("fail", "skip"), default="fail",
+                        help=f"an image that cannot be decoded: fail (default) names it and writes nothing, skip "
+                             f"leaves out the {what} and lists them")
+
+
+def left_out(problems: dict[str, str]) -> str:
+    """The summary's words for the files --bad-images skip left out (the first three named)."""
+    if not problems:
+        return ""
+    shown = "; ".join(f"{path}: {problem}" for path, problem in list(problems.items())[:3])
+    return f" | left out {len(problems)} images that cannot be decoded: {shown}{' ...' if len(problems) > 3 else ''}"
+
+
 def pack(args: argparse.Namespace, progress: Progress) -> str:
     from distface.data.folders import IMAGE_EXTENSIONS, scan_identity_folders
+    from distface.data.validate import screen_images
 
     fmt = args.format or FORMATS.get(Path(args.out).suffix.lower())
     if fmt is None:
@@ -59,7 +81,10 @@ def pack(args: argparse.Namespace, progress: Progress) -> str:
         raise ValueError("--files applies to --format tfrecord only")
     extensions = IMAGE_EXTENSIONS if args.extensions is None else \
         tuple(e if e.startswith(".") else f".{e}" for e in args.extensions.split(","))
-    images = scan_identity_folders(args.folder, extensions=extensions)
+    images, bad = screen_images(scan_identity_folders(args.folder, extensions=extensions), args.bad_images,
+                                Progress("decoded", args.quiet), SKIP_HINT)
+    if not len(images):
+        raise ValueError(f"{args.folder}: no image can be decoded")
     if fmt == "recordio":
         from distface.data.recordio import write_recordio
 
@@ -69,13 +94,15 @@ def pack(args: argparse.Namespace, progress: Progress) -> str:
 
         written = write_tfrecord(images, args.out, args.files, progress)
         written.append(written[0].parent / "property")
-    return f"{len(images)} images of {images.num_classes} identities -> {', '.join(map(str, written))}"
+    return (f"{len(images)} images of {images.num_classes} identities -> {', '.join(map(str, written))}"
+            f"{left_out(dict(bad))}")
 
 
 def make_bin(args: argparse.Namespace, progress: Progress) -> str:
     from distface.data.binset import pack_bin
 
-    return f"{pack_bin(args.pairs_file, args.image_root, args.out, progress)} pairs -> {args.out}"
+    pairs, problems = pack_bin(args.pairs_file, args.image_root, args.out, progress, args.bad_images, SKIP_HINT)
+    return f"{pairs} pairs -> {args.out}{left_out(problems)}"
 
 
 def align(args: argparse.Namespace, progress: Progress) -> str:

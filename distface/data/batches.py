@@ -1,9 +1,10 @@
 """Per-replica training batches, by what the objective needs: BATCHES[name](cfg, source, num_shards, shard_index,
-skip_batches) -> endless tf.data.Dataset of (images float32 [b, h, w, 3], labels int32 [b]).
+skip_batches, bad_records) -> endless tf.data.Dataset of (images float32 [b, h, w, 3], labels int32 [b]).
 
 source is TrainingSet.source (distface.data.sources); `skip_batches` continues an interrupted run's stream
-exactly. cache_plan says what shuffled_batches does with data.cache, for the chief to print. TensorFlow is imported
-when a dataset is built, not with this module.
+exactly; bad_records (distface.data.failures.BadRecords, for data.bad_images) drops and counts, or stops at, the
+images that cannot be decoded. cache_plan says what shuffled_batches does with data.cache, for the chief to
+print. TensorFlow is imported when a dataset is built, not with this module.
 """
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from distface.config import Config
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from distface.data.failures import BadRecords
 
-def shuffled_batches(cfg: Config, source, num_shards: int, shard_index: int,
-                     skip_batches: int = 0) -> tf.data.Dataset:
+
+def shuffled_batches(cfg: Config, source, num_shards: int, shard_index: int, skip_batches: int = 0,
+                     bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """data.batch_size examples of this shard, a fresh permutation of it each epoch (classification)."""
     from distface.data.pipeline import train_dataset
 
     d = cfg.data
     return train_dataset(source, image_size=tuple(cfg.model.image_size), batch_size=d.batch_size,
                          seed=cfg.train.seed, flip=d.flip, num_shards=num_shards, shard_index=shard_index,
-                         cache=d.cache, cache_budget=_budget(cfg), skip_batches=skip_batches)
+                         cache=d.cache, cache_budget=_budget(cfg), skip_batches=skip_batches,
+                         bad_records=bad_records)
 
 
 def cache_plan(cfg: Config, source, num_shards: int, shard_index: int) -> tuple[bool, str]:
@@ -39,8 +43,8 @@ def _budget(cfg: Config) -> int | None:
     return int(gib * 2 ** 30) if gib > 0 else None
 
 
-def balanced_batches(cfg: Config, source, num_shards: int, shard_index: int,
-                     skip_batches: int = 0) -> tf.data.Dataset:
+def balanced_batches(cfg: Config, source, num_shards: int, shard_index: int, skip_batches: int = 0,
+                     bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """data.identities_per_batch identities x data.images_per_identity images each (triplet mining), drawn from
     this shard's own identities."""
     from distface.data.pipeline import balanced_dataset
@@ -48,8 +52,8 @@ def balanced_batches(cfg: Config, source, num_shards: int, shard_index: int,
     d = cfg.data
     return balanced_dataset(source, identities_per_batch=d.identities_per_batch,
                             images_per_identity=d.images_per_identity, image_size=tuple(cfg.model.image_size),
-                            seed=cfg.train.seed, flip=d.flip, num_shards=num_shards, shard_index=shard_index,
-                            skip_batches=skip_batches)
+                            seed=cfg.train.seed, flip=d.flip, num_shards=num_shards,
+                            shard_index=shard_index, skip_batches=skip_batches, bad_records=bad_records)
 
 
 BATCHES = {"shuffled": shuffled_batches, "identity_balanced": balanced_batches}

@@ -19,6 +19,7 @@ import numpy as np
 from distface.config import InputError
 from distface.data.pipeline import eval_images_from_bytes, portable_images
 from distface.data.recordio import atomic_outputs
+from distface.data.validate import SKIP_HINT, screen_paths
 from distface.eval.pairs import pair_image_paths, read_pairs
 
 try:  # numpy >= 2 keeps the reconstructors in numpy._core; pickles may name either module
@@ -135,12 +136,20 @@ def write_bin(path: str | os.PathLike, images: Sequence[bytes], issame: Sequence
 
 
 def pack_bin(pairs_file: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
-             progress: Callable[[int, int], None] | None = None) -> int:
+             progress: Callable[[int, int], None] | None = None, bad_images: str = "fail",
+             hint: str = SKIP_HINT) -> tuple[int, dict[str, str]]:
     """A .bin of the pairs of an LFW-format pairs file (JPEG/PNG bytes as they are, others as lossless PNG).
 
-    Returns the number of pairs. progress(done, total) follows the distinct images.
+    Every image is decoded once first (distface.data.validate): bad_images "fail" raises naming the first that
+    cannot be (with `hint`), "skip" leaves out the pairs that use one. Returns (pairs written, {path: problem}
+    of the images left out). progress(done, total) follows the distinct images.
     """
     paths1, paths2, issame = pair_image_paths(image_root, read_pairs(pairs_file))
+    problems = screen_paths(sorted(set(paths1 + paths2)), bad_images, hint=hint)
+    kept = [k for k, pair in enumerate(zip(paths1, paths2)) if not problems.keys() & set(pair)]
+    if not kept:
+        raise InputError(f"{pairs_file}: every pair uses an image that cannot be decoded")
+    paths1, paths2, issame = [paths1[k] for k in kept], [paths2[k] for k in kept], [issame[k] for k in kept]
     interleaved = [p for pair in zip(paths1, paths2) for p in pair]  # pair i is images 2i, 2i+1
     unique = sorted(set(interleaved))  # each file encoded once however many pairs use it
     encoded = {}
@@ -149,7 +158,7 @@ def pack_bin(pairs_file: str | os.PathLike, image_root: str | os.PathLike, out: 
         if progress is not None:
             progress(k, len(unique))
     write_bin(out, [encoded[p] for p in interleaved], issame)
-    return len(issame)
+    return len(issame), problems
 
 
 def load_bin_indexed(path: str | os.PathLike, image_size: Sequence[int],
@@ -159,9 +168,14 @@ def load_bin_indexed(path: str | os.PathLike, image_size: Sequence[int],
     The fields of distface.eval.runner.VerificationSet. Images are decoded and preprocessed as eval_images.
     """
     images, issame = read_bin(path)
-    unique, inverse = np.unique(np.array(images, dtype=object), return_inverse=True)
+    unique, first, inverse = np.unique(np.array(images, dtype=object), return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    return eval_images_from_bytes(list(unique), image_size, batch_size), inverse[0::2], inverse[1::2], issame
+
+    def name(k: int) -> str:
+        return f"{path}: image {first[k]} (pair {first[k] // 2})"
+
+    decoded = eval_images_from_bytes(list(unique), image_size, batch_size, name)
+    return decoded, inverse[0::2], inverse[1::2], issame
 
 
 def load_bin(path: str | os.PathLike, image_size: Sequence[int],

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from distface.config import InputError
+from distface.data.failures import BadRecords, decode_each, failure_reason
 from distface.data.folders import ImageList
 from distface.data.sampler import balanced_keys
 
@@ -133,10 +134,17 @@ class EncodedSource(Protocol):
 
     def keys(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, int32 labels) of every image in list order, from the index alone: no image is read.
-        A label of -1 means read() gives it with the image."""
+        A label of -1 means parse() gives it with the image."""
 
-    def read(self, keys: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
-        """The encoded images (tf.string [n]) of keys [n], with their labels (int32 [n]) when keys() had none."""
+    def read(self, keys: tf.Tensor) -> tf.Tensor:
+        """The stored records (tf.string [n]) of keys [n]."""
+
+    def parse(self, record: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(encoded image, int32 label) of one record and its label from keys(): one record at a time, so a
+        record that does not parse is dropped alone (data.bad_images: skip)."""
+
+    def describe(self, key: int) -> str:
+        """Where the record of `key` is: its file and byte offset, for messages."""
 
 
 Source = Union[ImageList, EncodedSource, tuple[np.ndarray, np.ndarray]]
@@ -171,18 +179,41 @@ def _shard(source: Source, num_shards: int, shard_index: int) -> tuple[np.ndarra
     return keys[shard_index::num_shards], labels[shard_index::num_shards], decoded
 
 
-def _decode(ds: tf.data.Dataset, source: Source, deterministic: bool | None) -> tf.data.Dataset:
-    """(key, label) -> (uint8 image, label), in order when deterministic."""
-    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+def _decode(ds: tf.data.Dataset, source: Source, bad_records: BadRecords | None, start: int,
+            key_at: Callable[[int], object]) -> tf.data.Dataset:
+    """(position, key, label) -> (position, uint8 image, label), in order. Positions count the elements of the
+    stream from `start`, and key_at(position) gives an element's key again. With bad_records an element that
+    cannot be read or decoded is dropped and reported there; without, its error ends the stream."""
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # positions stay in order
     if isinstance(source, ImageList):
-        return ds.map(lambda path, label: (decode_image(path), label), **parallel)
+        ds = ds.map(lambda position, path, label: (position, decode_image(path), label), **parallel)
+    else:
+        ds = ds.batch(_READ_BATCH).map(lambda p, keys, labels: (p, source.read(keys), labels), **parallel).unbatch()
+        ds = ds.map(lambda position, record, label: (position, *_decode_record(source, record, label)), **parallel)
+    if bad_records is None:
+        return ds
+    bad_records.resolve = _resolver(source, key_at)
+    return bad_records.watch(ds.ignore_errors(), start)
 
-    def read(keys, labels):
-        data = source.read(keys)
-        return data if isinstance(data, tuple) else (data, labels)
 
-    ds = ds.batch(_READ_BATCH).map(read, **parallel).unbatch()
-    return ds.map(lambda data, label: (decode_image_bytes(data), label), **parallel)
+def _decode_record(source: EncodedSource, record: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    image, label = source.parse(record, label)
+    return decode_image_bytes(image), label
+
+
+def _resolver(source: Source, key_at: Callable[[int], object]) -> Callable[[int], tuple[str, str]]:
+    """position -> (the record, why it cannot be decoded), decoding it again eagerly (only failed ones)."""
+    def resolve(position: int) -> tuple[str, str]:
+        key = key_at(position)
+        if isinstance(source, ImageList):
+            return str(key), failure_reason(decode_image, key)
+
+        def decode_key(k):
+            return _decode_record(source, source.read(tf.reshape(k, [1]))[0], tf.constant(-1, tf.int32))
+
+        return source.describe(int(key)), failure_reason(decode_key, key)
+
+    return resolve
 
 
 def available_memory() -> int:
@@ -234,7 +265,8 @@ def _gib(size: int) -> str:
 
 def train_dataset(source: Source, *, image_size: Sequence[int], batch_size: int, seed: int | None,
                   flip: bool = True, num_shards: int = 1, shard_index: int = 0, cache: bool | str = "auto",
-                  cache_budget: int | None = None, skip_batches: int = 0) -> tf.data.Dataset:
+                  cache_budget: int | None = None, skip_batches: int = 0,
+                  bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """Endless batches (images float32 [batch_size, h, w, 3], labels int32 [batch_size]) of this shard.
 
     source: an ImageList (files), an EncodedSource (.rec, .tfrecord) or in-memory (uint8 images, labels).
@@ -243,6 +275,8 @@ def train_dataset(source: Source, *, image_size: Sequence[int], batch_size: int,
     holding the same images in the same order give the same batches. cache, cache_budget: as shard_cache.
     `skip_batches` resumes the stream after that many batches (exactly the batches an uninterrupted run would give
     next), skipping keys before any image is read (unless the images are decoded into the cache).
+    bad_records: where images that cannot be decoded are dropped and counted (data.bad_images: skip) or stop
+    the stream naming them (fail); None lets the decoder's error end the stream.
     """
     _check_shard(num_shards, shard_index)
     if batch_size < 1:
@@ -252,17 +286,26 @@ def train_dataset(source: Source, *, image_size: Sequence[int], batch_size: int,
     start = skip_batches * batch_size
     # Distribution: each shard draws its own order, so the workers' batches do not pair up neighbouring examples.
     stream_seed = _shard_seed(seed, shard_index)
+    tail = dict(image_size=image_size, batch_size=batch_size, seed=seed, flip=flip, shard_index=shard_index,
+                start=start, bad_records=bad_records)
     if shard_cache(source, cache, image_size, num_shards, shard_index, cache_budget)[0]:
         # The cache holds the shard decoded in list order; a shuffle buffer as large as the shard permutes it
         # exactly each epoch, holding the cache's own tensors. The first batch waits for the whole shard.
-        ds = _decode(tf.data.Dataset.from_tensor_slices((keys, labels)), source, True if seed is not None else None)
-        ds = ds.cache().shuffle(len(keys), seed=stream_seed, reshuffle_each_iteration=True).repeat().skip(start)
-        return _batches(ds, None, image_size=image_size, batch_size=batch_size, seed=seed, flip=flip,
-                        shard_index=shard_index, start=start)
+        ds = tf.data.Dataset.from_tensor_slices((keys, labels)).enumerate()
+        ds = _decode(ds.map(lambda i, example: (i, *example)), source, bad_records, 0, lambda i: keys[i])
+        ds = ds.map(lambda i, image, label: (image, label)).cache()
+        ds = ds.shuffle(len(keys), seed=stream_seed, reshuffle_each_iteration=True).repeat().skip(start)
+        return _batches(ds, None, **tail)
+    if stream_seed is None:
+        stream_seed = int(np.random.default_rng().integers(2 ** 62))  # a fresh order, which key_at must know
     keys_t, labels_t = tf.constant(keys), tf.constant(labels)
     ds = permuted_indices(len(keys), stream_seed, start).map(lambda i: (tf.gather(keys_t, i), tf.gather(labels_t, i)))
-    return _batches(ds, None if decoded else source, image_size=image_size, batch_size=batch_size, seed=seed,
-                    flip=flip, shard_index=shard_index, start=start)
+
+    def key_at(position: int):
+        epoch, offset = divmod(position, len(keys))
+        return keys[int(epoch_order(len(keys), stream_seed, epoch)[offset])]
+
+    return _batches(ds, None if decoded else source, key_at=key_at, **tail)
 
 
 def permuted_indices(size: int, seed: int | None, start: int = 0) -> tf.data.Dataset:
@@ -275,23 +318,35 @@ def permuted_indices(size: int, seed: int | None, start: int = 0) -> tf.data.Dat
     first, offset = divmod(start, size)
 
     def epoch(e):
-        order = tf.random.experimental.stateless_shuffle(tf.range(size, dtype=tf.int64), tf.stack([seed, e]))
+        order = epoch_order(size, seed, e)
         return tf.data.Dataset.from_tensor_slices(order[tf.where(e == first, offset, 0):])
 
     return tf.data.Dataset.range(first, tf.int64.max).flat_map(epoch)
 
 
+def epoch_order(size: int, seed: int, epoch: int | tf.Tensor) -> tf.Tensor:
+    """The permutation of range(size) of one epoch of permuted_indices (the same in a graph and eagerly)."""
+    seeds = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.stateless_shuffle(tf.range(size, dtype=tf.int64), seeds)
+
+
 def balanced_dataset(source: ImageList, *, identities_per_batch: int, images_per_identity: int,
                      image_size: Sequence[int], seed: int, flip: bool = True, num_shards: int = 1,
-                     shard_index: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
+                     shard_index: int = 0, skip_batches: int = 0,
+                     bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """Endless P x K batches (images float32 [P*K, h, w, 3], labels int32 [P*K]) of this shard's identities,
-    for triplet mining; `skip_batches` resumes as train_dataset's does, reading no image it skips."""
+    for triplet mining; `skip_batches` resumes as train_dataset's does, reading no image it skips; bad_records
+    as train_dataset's."""
     _check_shard(num_shards, shard_index)
     batch_size = identities_per_batch * images_per_identity
     keys = balanced_keys(source, identities_per_batch, images_per_identity, seed, num_shards, shard_index)
     start = skip_batches * batch_size
+
+    def key_at(position: int):  # only for a record that failed: walks the key stream to it
+        return next(iter(keys.skip(position).take(1)))[0].numpy().decode()
+
     return _batches(keys.skip(start), source, image_size=image_size, batch_size=batch_size, seed=seed, flip=flip,
-                    shard_index=shard_index, start=start)
+                    shard_index=shard_index, start=start, bad_records=bad_records, key_at=key_at)
 
 
 def _shard_seed(seed: int | None, shard_index: int) -> int | None:
@@ -305,43 +360,49 @@ def _check_shard(num_shards: int, shard_index: int) -> None:
 
 
 def _batches(ds: tf.data.Dataset, source: Source | None, *, image_size: Sequence[int], batch_size: int,
-             seed: int | None, flip: bool, shard_index: int, start: int) -> tf.data.Dataset:
+             seed: int | None, flip: bool, shard_index: int, start: int, bad_records: BadRecords | None = None,
+             key_at: Callable[[int], object] | None = None) -> tf.data.Dataset:
     """The tail every training stream shares: endless (key or uint8 image, label) -> batches.
 
-    source: what decodes the keys, or None when ds holds images already. ds begins at element `start` of the
-    uninterrupted stream (a resume), which numbers the flips.
+    source: what decodes the keys (key_at(position) finds a key again, bad_records as train_dataset's), or None
+    when ds holds images already. ds begins at element `start` of the uninterrupted stream (a resume); the
+    element's position numbers its flip.
     """
     deterministic = True if seed is not None else None
+    ds = ds.enumerate(start=start).map(lambda position, example: (position, *example))
     if source is not None:
-        ds = _decode(ds, source, deterministic)
+        ds = _decode(ds, source, bad_records, start, key_at)
 
-    def augment(index, example):
-        image, label = example
+    def augment(index, image, label):
         # The element index makes each flip's stateless seed unique, so runs repeat exactly in parallel maps.
         flip_seed = None if seed is None else tf.stack([tf.constant(_shard_seed(seed, shard_index), tf.int64), index])
         return preprocess(image, image_size, training=flip, seed=flip_seed), label
 
-    ds = ds.enumerate(start=start)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_images(paths: Sequence[str], image_size: Sequence[int], batch_size: int = 64) -> np.ndarray:
-    """Decode and preprocess (no flip) the files in order -> float32 [N, h, w, 3]."""
-    return _eval_batches(list(paths), decode_image, image_size, batch_size)
+    """Decode and preprocess (no flip) the files in order -> float32 [N, h, w, 3]; a file that cannot be
+    decoded raises InputError naming it."""
+    paths = list(paths)
+    return _eval_batches(paths, decode_image, image_size, batch_size, lambda k: paths[k])
 
 
-def eval_images_from_bytes(contents: Sequence[bytes], image_size: Sequence[int],
-                           batch_size: int = 64) -> np.ndarray:
-    """As eval_images, for encoded images held in memory (a .bin verification set)."""
-    return _eval_batches(list(contents), decode_image_bytes, image_size, batch_size)
+def eval_images_from_bytes(contents: Sequence[bytes], image_size: Sequence[int], batch_size: int = 64,
+                           name: Callable[[int], str] = lambda k: f"image {k}") -> np.ndarray:
+    """As eval_images, for encoded images held in memory (a .bin verification set); name(k) says which item k is
+    in the error of one that cannot be decoded."""
+    return _eval_batches(list(contents), decode_image_bytes, image_size, batch_size, name)
 
 
-def _eval_batches(items: list, decode: Callable, image_size: Sequence[int], batch_size: int) -> np.ndarray:
+def _eval_batches(items: list, decode: Callable, image_size: Sequence[int], batch_size: int,
+                  name: Callable[[int], str]) -> np.ndarray:
     h, w = image_size
-    if not items:
-        return np.zeros((0, h, w, 3), np.float32)
-    ds = tf.data.Dataset.from_tensor_slices(items)
-    ds = ds.map(lambda item: preprocess(decode(item), image_size, training=False),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return np.concatenate([batch.numpy() for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)])
+    out = np.zeros((len(items), h, w, 3), np.float32)
+    for k, image in decode_each(items, lambda item: preprocess(decode(item), image_size, training=False),
+                                batch_size):
+        if image is None:
+            raise InputError(f"{name(k)}: cannot be decoded: {failure_reason(decode, items[k])}")
+        out[k] = image
+    return out

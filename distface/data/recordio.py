@@ -154,6 +154,12 @@ class RecordIOSource:
         data.set_shape(keys.shape)
         return data
 
+    def parse(self, record: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return record, label  # read() gives the image bytes; the label came from the index
+
+    def describe(self, key: int) -> str:
+        return f"{self.rec_path}: record at offset {self.record_offsets[key]} (image {key + 1} of {len(self)})"
+
     def _read_index(self) -> tuple[np.ndarray, np.ndarray]:
         text = self.idx_path.read_text(encoding="ascii", errors="replace")
         with warnings.catch_warnings():

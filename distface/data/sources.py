@@ -33,12 +33,13 @@ class TrainingSet:
                 f"(data.bad_images: skip): {shown}{' ...' if bad > 3 else ''}")
 
 
-def train_source(cfg: Config) -> TrainingSet:
-    """The training set cfg.data describes; an unknown data.source raises ConfigError listing the known ones."""
+def train_source(cfg: Config, progress: Callable[[int, int], None] | None = None) -> TrainingSet:
+    """The training set cfg.data describes, image files screened per data.bad_images (progress(done, total)
+    follows the decoding of a large set); an unknown data.source raises ConfigError listing the known ones."""
     build = SOURCES.get(cfg.data.source)
     if build is None:
         raise ConfigError(f"data.source: unknown source {cfg.data.source!r} (known: {', '.join(sorted(SOURCES))})")
-    training_set = build(cfg)
+    training_set = _screened(cfg, build(cfg), progress)
     if training_set.num_classes < 2:  # one class: the softmax is 1 whatever the features, nothing is learnt
         where = f" {cfg.data.path}" if cfg.data.path else ""
         raise InputError(f"data.source: the {cfg.data.source} set{where} holds {training_set.num_classes} "
@@ -46,24 +47,34 @@ def train_source(cfg: Config) -> TrainingSet:
     return training_set
 
 
-def _screened(cfg: Config, images: ImageList) -> TrainingSet:
-    """Image files less the broken ones, per data.bad_images (fail raises naming the first)."""
+def _screened(cfg: Config, training_set: TrainingSet, progress) -> TrainingSet:
+    """A set of image files less those that cannot be decoded, per data.bad_images (fail raises naming the
+    first); other sets as they are (packed sets are checked as they are read: distface.data.failures)."""
+    from distface.data.folders import ImageList
+
+    images = training_set.source
+    if not isinstance(images, ImageList):
+        return training_set
     from distface.data.validate import screen_images
 
-    kept, bad = screen_images(images, cfg.data.bad_images)
+    kept, bad = screen_images(images, cfg.data.bad_images, progress)
     return TrainingSet(kept, images.num_classes, len(kept), bad)
+
+
+def _images(images: ImageList) -> TrainingSet:
+    return TrainingSet(images, images.num_classes, len(images))
 
 
 def _orl(cfg: Config) -> TrainingSet:
     from distface.data.orl import orl_split
 
-    return _screened(cfg, orl_split(cfg.data.train_identities))
+    return _images(orl_split(cfg.data.train_identities))
 
 
 def _folder(cfg: Config) -> TrainingSet:
     from distface.data.folders import scan_identity_folders
 
-    return _screened(cfg, scan_identity_folders(cfg.data.path))
+    return _images(scan_identity_folders(cfg.data.path))
 
 
 def _recordio(cfg: Config) -> TrainingSet:

@@ -71,6 +71,29 @@ def write_tfrecord(images: ImageList, out: str | os.PathLike, num_files: int = 1
     return paths
 
 
+_KINDS = {IMAGE_KEY: "bytes_list", LABEL_KEY: "int64_list", NAME_KEY: "bytes_list"}
+
+
+def check_example(record: bytes, where: str) -> None:
+    """InputError naming the feature when a serialized tf.train.Example lacks ours or holds another type."""
+    example = tf.train.Example()
+    try:
+        example.ParseFromString(record)
+    except Exception as err:  # protobuf's DecodeError, whose module path differs between its implementations
+        raise InputError(f"{where}: not a tf.train.Example ({err})") from None
+    features = example.features.feature
+    for key, kind in _KINDS.items():
+        if key not in features:
+            if key == NAME_KEY:
+                continue
+            raise InputError(f"{where}: no feature {key!r} (features: {', '.join(sorted(features)) or 'none'})")
+        found = features[key].WhichOneof("kind")
+        values = getattr(features[key], found).value if found else []
+        if found != kind or len(values) != 1:
+            raise InputError(f"{where}: feature {key!r} holds {len(values)} value(s) of {found or 'no kind'}, "
+                             f"expected one {kind} ({'a class number' if key == LABEL_KEY else 'bytes'})")
+
+
 def count_records(path: str | os.PathLike) -> int:
     """Records in a TFRecord file, from its length prefixes alone (the data is skipped, its CRC not checked)."""
     return len(record_index(path)[0])
@@ -134,12 +157,15 @@ class TFRecordSource:
         self._data_start = np.concatenate([starts + 12 for starts, _ in index])[order]  # after length and its CRC
         self._data_length = np.concatenate([lengths for _, lengths in index])[order]
         self._fds = [os.open(f, os.O_RDONLY) for f in self.files]  # os.pread on them: threads share no position
+        for k, (starts, lengths) in enumerate(index):  # a file of other features stops here, not in training
+            if len(starts):
+                check_example(os.pread(self._fds[k], int(lengths[0]), int(starts[0]) + 12),
+                              f"{self.files[k]}: record at offset 0")
         prop = self.files[0].parent / "property"
         if prop.is_file():
             self.num_classes = read_property(prop)[0]
         else:
-            labels = self._records(self.files).map(lambda r: tf.io.parse_single_example(r, _FEATURES)[LABEL_KEY])
-            self.num_classes = int(labels.reduce(tf.constant(-1, tf.int64), tf.maximum)) + 1
+            self.num_classes = self._count_classes()
 
     def __len__(self) -> int:
         return int(self.counts.sum())
@@ -152,11 +178,11 @@ class TFRecordSource:
             os.close(fd)
 
     # EncodedSource (distface.data.pipeline): keys are record indices in list order, read by a numpy_function at
-    # their offset; the index holds no labels, so read() parses them with the images.
+    # their offset; the index holds no labels, so parse() reads them with the images.
     def keys(self) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(len(self), dtype=np.int64), np.full(len(self), -1, np.int32)
 
-    def read(self, keys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def read(self, keys: tf.Tensor) -> tf.Tensor:
         def read_many(indices: np.ndarray) -> np.ndarray:
             out = []
             for i in indices:
@@ -170,8 +196,14 @@ class TFRecordSource:
 
         records = tf.numpy_function(read_many, [keys], tf.string, stateful=False)
         records.set_shape(keys.shape)
-        example = tf.io.parse_example(records, _FEATURES)
-        return example[IMAGE_KEY], tf.cast(example[LABEL_KEY], tf.int32)
+        return records
+
+    def parse(self, record: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return self._parse(record)
+
+    def describe(self, key: int) -> str:
+        file = self.files[self._file_of[key]]
+        return f"{file}: record at offset {self._data_start[key] - 12} (record {key + 1} of {len(self)} in list order)"
 
     def examples(self, num_shards: int, shard_index: int) -> tuple[tf.data.Dataset, int]:
         """(dataset of (encoded image, int32 label) of one shard in list order, read sequentially; its size)."""
@@ -184,6 +216,24 @@ class TFRecordSource:
             ds = self._records(self.files).shard(num_shards, shard_index)
             size = len(range(shard_index, len(self), num_shards))
         return ds.map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), size
+
+    def _count_classes(self) -> int:
+        """1 + the largest label, in one pass over every record; a record whose label cannot be read is named."""
+        from distface.data.failures import failure_reason
+
+        labels = self._records(self.files).enumerate().map(lambda i, r: (i, self._parse(r)[1]))
+        expected, largest = 0, -1
+        for keys, values in labels.ignore_errors().batch(4096).as_numpy_iterator():
+            if keys[-1] != expected + len(keys) - 1:  # a gap: the first key missing is the record that failed
+                bad = expected + int(np.flatnonzero(keys != np.arange(expected, expected + len(keys)))[0])
+                raise InputError(f"{self.describe(bad)}: {failure_reason(self._label_of, bad)}")
+            expected, largest = expected + len(keys), max(largest, int(values.max()))
+        if expected != len(self):
+            raise InputError(f"{self.describe(expected)}: {failure_reason(self._label_of, expected)}")
+        return largest + 1
+
+    def _label_of(self, key: tf.Tensor) -> tf.Tensor:
+        return self._parse(self.read(tf.reshape(key, [1]))[0])[1]
 
     @staticmethod
     def _parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
