@@ -38,6 +38,8 @@ def image_chunks(paths: Sequence[str], image_size: Sequence[int], align: bool = 
     align: detect the largest face, warp it onto the template the model's aspect wants (112x112, or 112x96 for
     narrower inputs), then resize; images without a face are left out and listed.
     """
+    from distface.data.pipeline import eval_images
+
     detector = None
     if align:
         from distface.align.detector import FaceDetector
@@ -46,7 +48,7 @@ def image_chunks(paths: Sequence[str], image_size: Sequence[int], align: bool = 
     for start in range(0, len(paths), CHUNK):
         chunk = list(paths[start:start + CHUNK])
         if detector is None:
-            yield _decode(chunk, image_size), chunk, []
+            yield eval_images(chunk, image_size), chunk, []
         else:
             images, found = _aligned(chunk, image_size, detector)
             yield images, [p for p, ok in zip(chunk, found) if ok], [p for p, ok in zip(chunk, found) if not ok]
@@ -62,20 +64,7 @@ def _read(path: str) -> np.ndarray:
     try:
         return decode_image(tf.constant(path)).numpy()
     except tf.errors.OpError as err:
-        raise ValueError(f"{path}: not a readable image: {decode_error(err)}") from None
-
-
-def _decode(paths: list[str], image_size) -> np.ndarray:
-    import tensorflow as tf
-
-    from distface.data.pipeline import eval_images
-
-    try:
-        return eval_images(paths, image_size)
-    except tf.errors.OpError:
-        for path in paths:  # name the file: the batched error does not
-            _read(path)
-        raise
+        raise ValueError(f"{path}: cannot be decoded: {decode_error(err)}") from None
 
 
 def _aligned(paths: list[str], image_size, detector) -> tuple[np.ndarray, list[bool]]:

@@ -167,13 +167,16 @@ def test_train_on_a_rec_skips_and_reports_or_fails_naming_the_offset(rec, tmp_pa
 
 
 def test_pack_refuses_or_skips_what_cannot_be_decoded(tree, tmp_path, capsys):
+    png = (tree / "b" / "0.png").read_bytes()
+    (tree / "b" / "t.png").write_bytes(png[:len(png) // 2])  # truncated
     out = tmp_path / "train.rec"
     assert data_main(["pack", str(tree), str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "g.jpg: cannot be decoded" in err and "--bad-images skip" in err and "Traceback" not in err
     assert not out.exists()
     assert data_main(["pack", str(tree), str(out), "--quiet", "--bad-images", "skip"]) == 0
-    assert "left out 1 images that cannot be decoded" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "left out 2 images that cannot be decoded" in printed and "t.png: PNG" in printed
     assert len(RecordIOSource(out)) == 12
 
 

@@ -77,7 +77,7 @@ def test_missing_image_or_empty_folder_exits_2_with_one_line(run, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("distface: ") for line in err)
     assert "nope.jpg: no such image or folder" in err[0] and "no images in this folder" in err[1]
-    assert "broken.jpg: not a readable image" in err[2]
+    assert "broken.jpg: cannot be decoded" in err[2]
     assert not (tmp_path / "e.npy").exists()
 
 
