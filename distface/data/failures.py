@@ -93,7 +93,10 @@ class BadRecords:
 
     def _note(self, first: np.int64, end: np.int64) -> np.int64:
         with self._lock:
-            self._positions.extend(range(int(first), int(end)))
+            if self.policy == "skip":
+                self._positions.extend(range(int(first), int(end)))
+            elif not self._positions:  # a prefetch may read on past the failure (the next epoch): keep the first
+                self._positions.append(int(first))
         if self.policy == "fail":
             raise RuntimeError("a record cannot be decoded (data.bad_images: fail)")
         return np.int64(end - first)
