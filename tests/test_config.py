@@ -43,7 +43,7 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
     ("", ["head.m1=0.5"], "head.m1: must be >= 1"),
     ("", ["head.sphere_m=0"], "head.sphere_m: must be an integer >= 1"),
     ("", ["head.margin_warmup_steps=-1"], "head.margin_warmup_steps: must be >= 0"),
-    ("", ["data.source=lfw"], "data.source: unknown source 'lfw' (known: folder, orl"),
+    ("", ["data.source=lfw"], "data.source: unknown source 'lfw' (known: folder, mnist, orl"),
     ("", ["loss.type=contrastive"], "loss.type: unknown loss type 'contrastive' (known: classification, triplet)"),
     ("", ["loss.center_variant=wen"], "loss.center_variant: unknown center variant 'wen' (known: facenet, paper)"),
     ("", ["loss.triplet_distance=cosine"], "loss.triplet_distance: unknown distance 'cosine'"),

@@ -21,11 +21,12 @@ if TYPE_CHECKING:
 def shuffled_batches(cfg: Config, source, num_shards: int, shard_index: int, skip_batches: int = 0,
                      bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """data.batch_size examples of this shard, a fresh permutation of it each epoch (classification)."""
+    from distface.data.augment import training_augment
     from distface.data.pipeline import train_dataset
 
     d = cfg.data
     return train_dataset(source, image_size=tuple(cfg.model.image_size), batch_size=d.batch_size,
-                         seed=cfg.train.seed, flip=d.flip, num_shards=num_shards, shard_index=shard_index,
+                         seed=cfg.train.seed, flip=training_augment(d), num_shards=num_shards, shard_index=shard_index,
                          cache=d.cache, cache_budget=_budget(cfg), skip_batches=skip_batches,
                          bad_records=bad_records)
 
@@ -47,12 +48,13 @@ def balanced_batches(cfg: Config, source, num_shards: int, shard_index: int, ski
                      bad_records: BadRecords | None = None) -> tf.data.Dataset:
     """data.identities_per_batch identities x data.images_per_identity images each (triplet mining), drawn from
     this shard's own identities."""
+    from distface.data.augment import training_augment
     from distface.data.pipeline import balanced_dataset
 
     d = cfg.data
     return balanced_dataset(source, identities_per_batch=d.identities_per_batch,
                             images_per_identity=d.images_per_identity, image_size=tuple(cfg.model.image_size),
-                            seed=cfg.train.seed, flip=d.flip, num_shards=num_shards,
+                            seed=cfg.train.seed, flip=training_augment(d), num_shards=num_shards,
                             shard_index=shard_index, skip_batches=skip_batches, bad_records=bad_records)
 
 

@@ -113,10 +113,17 @@ def preprocess(image: tf.Tensor, image_size: Sequence[int], training: bool,
                seed: tf.Tensor | None = None) -> tf.Tensor:
     """uint8 [H, W, C] -> float32 [h, w, C] in [-0.996, 0.996]; training adds a random horizontal flip.
 
-    seed: optional int [2] for a stateless flip (reproducible under parallel maps); None uses a stateful one.
+    training: a bool (the flip alone) or a distface.data.augment.TrainingAugment (data.flip and data.augment: the
+    policy runs after the resize, before the flip). seed: optional int [2] for stateless draws (reproducible under
+    parallel maps); None uses stateful ones.
     """
+    from distface.data.augment import TrainingAugment, augment
+
     image = tf.image.resize(image, image_size, method="bilinear")
-    if training:
+    flip, policy = (training.flip, training.policy) if isinstance(training, TrainingAugment) else (training, "none")
+    if policy != "none":
+        image = augment(image, policy, tf.random.uniform([2], 0, 2 ** 31 - 1, tf.int64) if seed is None else seed)
+    if flip:
         image = (tf.image.random_flip_left_right(image) if seed is None
                  else tf.image.stateless_random_flip_left_right(image, seed))
     return (image - 127.5) / 128.0

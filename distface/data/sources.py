@@ -102,5 +102,13 @@ def _synthetic(cfg: Config) -> TrainingSet:
     return TrainingSet((images, labels), d.synthetic_identities, len(labels))
 
 
+def _mnist(cfg: Config) -> TrainingSet:
+    from distface.data.mnist import MNIST_CLASSES, train_mnist
+
+    images, labels = train_mnist(cfg.data.flip)
+    return TrainingSet((images, labels), MNIST_CLASSES, len(labels))
+
+
 SOURCES: dict[str, Callable[[Config], TrainingSet]] = {
-    "orl": _orl, "folder": _folder, "recordio": _recordio, "tfrecord": _tfrecord, "synthetic": _synthetic}
+    "orl": _orl, "folder": _folder, "recordio": _recordio, "tfrecord": _tfrecord, "synthetic": _synthetic,
+    "mnist": _mnist}
