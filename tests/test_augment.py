@@ -1,10 +1,12 @@
 """data.augment: seeded, repeatable, shape/dtype/range preserving, off by default, and closed forms that match numpy."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from distface.config import ConfigError, parse_config
-from distface.data.augment import TrainingAugment, adjust, augment, training_augment, translate
+from distface.data.augment import TrainingAugment, adjust, augment, rotate, training_augment
 from distface.data.pipeline import preprocess, train_dataset
 
 SIZE = (32, 28)
@@ -53,12 +55,10 @@ def test_off_is_the_flip_alone():
         augment(x, "bogus", _seed(0, 0))
 
 
-def test_translation_and_brightness_contrast_match_numpy():
-    x = np.random.default_rng(1).uniform(0, 255, (12, 10, 1)).astype(np.float32)
-    shifted = translate(tf.constant(x), 2.0, -3.0).numpy()  # content moves 2 down, 3 left; nearest-pixel borders
-    rows = np.clip(np.arange(12) - 2, 0, 11)
-    cols = np.clip(np.arange(10) + 3, 0, 9)
-    np.testing.assert_allclose(shifted, x[rows][:, cols], atol=1e-4)
+def test_rotation_and_brightness_contrast_match_numpy():
+    x = np.random.default_rng(1).uniform(0, 255, (11, 11, 1)).astype(np.float32)
+    np.testing.assert_allclose(rotate(tf.constant(x), math.pi / 2).numpy(), np.rot90(x), atol=1e-3)
+    np.testing.assert_allclose(rotate(tf.constant(x), 0.0).numpy(), x, atol=1e-4)
     out = adjust(tf.constant(x), 20.0, 1.2).numpy()
     np.testing.assert_allclose(out, np.clip((x - x.mean()) * 1.2 + x.mean() + 20.0, 0, 255), rtol=1e-5, atol=1e-3)
 

@@ -79,14 +79,14 @@ def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, area=CROP_AREA, aspec
     return tf.image.crop_and_resize(image[None], box, [0], shape[:2], method="bilinear")[0]
 
 
-def translate(image: tf.Tensor, dy: tf.Tensor | float, dx: tf.Tensor | float) -> tf.Tensor:
-    """Shift the content by (dy, dx) pixels (positive: down, right), borders filled by the nearest pixel."""
-    return _transform(image, [1.0, 0.0, -dx, 0.0, 1.0, -dy, 0.0, 0.0])
-
-
 def random_rotation(image: tf.Tensor, seed: tf.Tensor, max_deg: float = MAX_ROTATION_DEG) -> tf.Tensor:
     """Rotate about the centre by a uniform angle in [-max_deg, max_deg] degrees."""
-    angle = tf.random.stateless_uniform([], seed, -max_deg, max_deg) * (math.pi / 180.0)
+    return rotate(image, tf.random.stateless_uniform([], seed, -max_deg, max_deg) * (math.pi / 180.0))
+
+
+def rotate(image: tf.Tensor, angle: tf.Tensor | float) -> tf.Tensor:
+    """Rotate the content counter-clockwise by `angle` radians about the centre, borders filled by the nearest
+    pixel (pi/2 on a square image is np.rot90)."""
     shape = tf.shape(image)
     cy = (tf.cast(shape[0], tf.float32) - 1.0) / 2.0
     cx = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
