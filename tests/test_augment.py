@@ -59,6 +59,11 @@ def test_rotation_and_brightness_contrast_match_numpy():
     x = np.random.default_rng(1).uniform(0, 255, (11, 11, 1)).astype(np.float32)
     np.testing.assert_allclose(rotate(tf.constant(x), math.pi / 2).numpy(), np.rot90(x), atol=1e-3)
     np.testing.assert_allclose(rotate(tf.constant(x), 0.0).numpy(), x, atol=1e-4)
+    # Non-square: a quarter turn about (6, 4) maps to integer pixels, and what falls outside takes the nearest pixel.
+    wide = np.random.default_rng(3).uniform(0, 255, (9, 13, 1)).astype(np.float32)
+    ys, xs = np.mgrid[0:9, 0:13]
+    np.testing.assert_allclose(rotate(tf.constant(wide), math.pi / 2).numpy(),
+                               wide[np.clip(xs - 2, 0, 8), np.clip(10 - ys, 0, 12)], atol=1e-3)
     out = adjust(tf.constant(x), 20.0, 1.2).numpy()
     np.testing.assert_allclose(out, np.clip((x - x.mean()) * 1.2 + x.mean() + 20.0, 0, 255), rtol=1e-5, atol=1e-3)
 
