@@ -1,16 +1,28 @@
-"""Softmax cross-entropy and center loss against float64 numpy written from the formulas."""
+"""Softmax cross-entropy (fused with the margins) and center loss against float64 numpy written from the formulas,
+and the fused loss's gradients against autodiff of the unfused composition (margin logits, then log-softmax)."""
+
+import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from distface.heads import margins as M
 from distface.losses.center import (
     center_loss,
     center_stats,
     center_update,
     count_labels,
 )
-from distface.losses.cross_entropy import softmax_cross_entropy
+from distface.losses.cross_entropy import margin_softmax_cross_entropy
+from distface.parallel.single import SingleCollectives
+
+
+def softmax_cross_entropy(logits, labels, label_smoothing=0.0):
+    """The fused loss with the plain-softmax parts: the scores are the logits."""
+    logits = tf.convert_to_tensor(logits)
+    return margin_softmax_cross_entropy(SingleCollectives(), logits, labels, M.plain_parts(), logits.shape[1],
+                                        label_smoothing=label_smoothing)
 
 
 def _ce_reference(logits, labels, eps):
@@ -62,6 +74,59 @@ def test_cross_entropy_low_precision_input_computes_in_float32(dtype):
 def test_cross_entropy_rejects_bad_smoothing():
     with pytest.raises(ValueError, match="label_smoothing"):
         softmax_cross_entropy(tf.zeros([1, 2]), [0], label_smoothing=1.5)
+
+
+FUSED = [("softmax", {}), ("normface", dict(scale=16.0)), ("modified_softmax", {}),
+         ("sphereface", dict(sphere_m=4)), ("cosface", dict(scale=30.0, m3=0.35)),
+         ("arcface", dict(scale=30.0, m2=0.5)), ("arcface", dict(scale=30.0, m2=0.5, easy_margin=True)),
+         ("combined", dict(scale=30.0, m1=1.2, m2=0.3, m3=0.1, warmup_steps=10))]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("kind,kwargs", FUSED, ids=[f"{k}{i}" for i, (k, _) in enumerate(FUSED)])
+def test_fused_loss_and_gradients_equal_the_composition(kind, kwargs, padded, eps):
+    """Loss, dL/dcos and dL/dnorms of the fused loss against autodiff of margin logits + log-softmax written
+    directly; rows with label −1 (target in another block) and padding columns included. Such a row's loss is
+    only its block's share (its log-normaliser, up to the row's shift): compared through the gradients alone."""
+    rng = np.random.default_rng(2)
+    b, c, num_classes = 9, 6, 5 if padded else 6
+    cosine = tf.constant(rng.uniform(-1, 1, (b, c)).astype(np.float32))
+    norms = tf.constant(rng.uniform(0.5, 8.0, b).astype(np.float32))
+    labels = tf.constant(np.r_[rng.integers(0, num_classes, b - 2), -1, -1].astype(np.int32))
+    valid = tf.range(c) < num_classes if padded else None
+    weights = tf.constant(rng.uniform(0.5, 2.0, b).astype(np.float32))  # a non-uniform upstream gradient
+    margin = M.make_margin(kind, **kwargs)
+    step = tf.constant(4, tf.int64)
+
+    def composition(cos, n):
+        logits = margin(cos, labels, n, step)
+        if padded:
+            logits = tf.where(valid, logits, -math.inf)
+        log_norm = tf.reduce_logsumexp(logits, axis=1)
+        target = tf.where(labels >= 0, tf.gather(logits, tf.maximum(labels, 0), batch_dims=1), 0.0)
+        finite = tf.where(tf.math.is_finite(logits), logits, 0.0)
+        smooth = log_norm - tf.reduce_sum(finite, axis=1) / num_classes
+        return (1.0 - eps) * (log_norm - target) + eps * smooth
+
+    def fused(cos, n):
+        return margin_softmax_cross_entropy(SingleCollectives(), cos, labels, margin.parts(n, step), num_classes,
+                                            valid, eps)
+
+    results = []
+    for fn in (composition, fused):
+        with tf.GradientTape() as tape:
+            tape.watch([cosine, norms])
+            loss = fn(cosine, norms)
+            total = tf.reduce_sum(weights * loss)
+        results.append((loss, *tape.gradient(total, [cosine, norms])))
+    (want, want_dc, want_dn), (got, got_dc, got_dn) = results
+    np.testing.assert_allclose(got[:-2], want[:-2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_dc, want_dc, rtol=1e-5, atol=1e-5)
+    if want_dn is None:
+        assert got_dn is None or not np.any(got_dn)
+    else:
+        np.testing.assert_allclose(got_dn, want_dn, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- center loss

@@ -6,7 +6,9 @@ the classes), in which case every column of the row gets the non-target formula.
 dtype; everything is computed in float32 and returned as float32 [B, C].
 
 Blocks can have millions of columns, so a margin touches only the B target cosines: gather them, adjust
-them, scatter them back. The rest of the block costs one multiply.
+them, scatter them back. The rest of the block costs one multiply. Each margin is also given as its parts
+(MarginParts: the scale of the other columns and the target formula), which the fused loss takes so that the
+logits are never held: `cosface(...)` is `apply_margin(cosface_parts(...), ...)`.
 """
 import math
 from typing import Callable, NamedTuple, Union
@@ -16,7 +18,6 @@ import tensorflow as tf
 from distface.heads import MARGINS, check_margin_params
 
 Scalar = Union[float, tf.Tensor]
-MarginFn = Callable[[tf.Tensor, tf.Tensor, tf.Tensor, Scalar], tf.Tensor]
 
 # θ = acos(clip(c, -1 + EPS, 1 - EPS)), for target logits only. 1e-6 is ~17 float32 ulps inside ±1:
 # 1 - c is exact there and 1 - c² keeps ~1% accuracy, so acos' derivative 1/sqrt(1 - c²) is accurate
@@ -31,6 +32,24 @@ def _f32(x) -> tf.Tensor:
 
 def _clip(t: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(t, -1.0 + EPS, 1.0 - EPS)
+
+
+class MarginParts(NamedTuple):
+    """A margin as the loss sees it: non-target logits are scale·cos θ, the target logit is target(cos θ_y, scale).
+
+    `scale` is a scalar, or the feature norms [B] when `per_row` (SphereFace, modified softmax: ||x||·cos θ).
+    The fused loss (losses/cross_entropy.py) takes these parts instead of a logits tensor, so it never holds one.
+    """
+    scale: Scalar
+    target: Callable[[tf.Tensor, Scalar], tf.Tensor]
+    per_row: bool = False
+
+
+def apply_margin(parts: MarginParts, cosine: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """The logits [B, C] the parts stand for; labels[i] = -1 rows get no target."""
+    cosine = _f32(cosine)
+    row_scale = _f32(parts.scale)[:, None] if parts.per_row else parts.scale
+    return _with_target(row_scale * cosine, cosine, labels, lambda t: parts.target(t, parts.scale))
 
 
 def _with_target(logits: tf.Tensor, cosine: tf.Tensor, labels: tf.Tensor,
@@ -63,6 +82,43 @@ def _psi(phi: tf.Tensor) -> tf.Tensor:
     return (1.0 - 2.0 * tf.math.floormod(k, 2.0)) * tf.cos(phi) - 2.0 * k
 
 
+def _scaled(t, scale):
+    return scale * t
+
+
+def plain_parts() -> MarginParts:
+    """Plain softmax: the scores are the logits."""
+    return MarginParts(1.0, lambda t, scale: t)
+
+
+def normface_parts(scale: Scalar = 30.0) -> MarginParts:
+    return MarginParts(scale, _scaled)
+
+
+def modified_softmax_parts(norms: tf.Tensor) -> MarginParts:
+    return MarginParts(_f32(norms), _scaled, per_row=True)
+
+
+def sphereface_parts(norms: tf.Tensor, m: int = 4, lam: Scalar = 0.0) -> MarginParts:
+    check_margin_params(sphere_m=m)
+    return MarginParts(_f32(norms), lambda t, n: (lam * n * t + n * _psi(m * tf.acos(_clip(t)))) / (1.0 + lam),
+                       per_row=True)
+
+
+def cosface_parts(scale: Scalar = 64.0, margin: Scalar = 0.35) -> MarginParts:
+    return MarginParts(scale, lambda t, s: s * (t - margin))
+
+
+def arcface_parts(scale: Scalar = 64.0, margin: Scalar = 0.5, easy_margin: bool = False) -> MarginParts:
+    return MarginParts(scale, lambda t, s: s * _arc(t, margin, easy_margin))
+
+
+def combined_parts(scale: Scalar = 64.0, m1: Scalar = 1.0, m2: Scalar = 0.0, m3: Scalar = 0.0) -> MarginParts:
+    if isinstance(m1, (int, float)) and m1 == 1:
+        return MarginParts(scale, lambda t, s: s * (_arc(t, m2) - m3))
+    return MarginParts(scale, lambda t, s: s * (_psi(m1 * tf.acos(_clip(t)) + m2) - m3))
+
+
 def normface(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 30.0) -> tf.Tensor:
     """NormFace: s·cos θ in every column (features and weights normalised)."""
     del labels  # no margin; the argument keeps the common signature
@@ -78,13 +134,7 @@ def modified_softmax(cosine: tf.Tensor, labels: tf.Tensor, norms: tf.Tensor) -> 
 def sphereface(cosine: tf.Tensor, labels: tf.Tensor, norms: tf.Tensor, m: int = 4,
                lam: Scalar = 0.0) -> tf.Tensor:
     """A-Softmax: target (λ·||x||·cos θ + ||x||·ψ(mθ)) / (1 + λ), others ||x||·cos θ."""
-    check_margin_params(sphere_m=m)
-    cosine, norms = _f32(cosine), _f32(norms)
-
-    def target(t):
-        return (lam * norms * t + norms * _psi(m * tf.acos(_clip(t)))) / (1.0 + lam)
-
-    return _with_target(norms[:, None] * cosine, cosine, labels, target)
+    return apply_margin(sphereface_parts(norms, m, lam), cosine, labels)
 
 
 def sphereface_lambda(step: Scalar, base: float = 1000.0, gamma: float = 0.12, power: float = 1.0,
@@ -96,15 +146,13 @@ def sphereface_lambda(step: Scalar, base: float = 1000.0, gamma: float = 0.12, p
 def cosface(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0,
             margin: Scalar = 0.35) -> tf.Tensor:
     """CosFace: target s·(cos θ - m), others s·cos θ."""
-    cosine = _f32(cosine)
-    return _with_target(scale * cosine, cosine, labels, lambda t: scale * (t - margin))
+    return apply_margin(cosface_parts(scale, margin), cosine, labels)
 
 
 def arcface(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0, margin: Scalar = 0.5,
             easy_margin: bool = False) -> tf.Tensor:
     """ArcFace: target s·cos(θ + m) (insightface's fallback, or easy margin), others s·cos θ."""
-    cosine = _f32(cosine)
-    return _with_target(scale * cosine, cosine, labels, lambda t: scale * _arc(t, margin, easy_margin))
+    return apply_margin(arcface_parts(scale, margin, easy_margin), cosine, labels)
 
 
 def combined(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0, m1: Scalar = 1.0,
@@ -115,14 +163,7 @@ def combined(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0, m1: Sca
     otherwise (including any tensor m1) cos φ is continued past φ = π as ψ(φ) = (-1)^k cos φ - 2k,
     k = floor(φ/π), which keeps the target non-increasing in θ for every m1 > 0.
     """
-    cosine = _f32(cosine)
-    if isinstance(m1, (int, float)) and m1 == 1:
-        def target(t):
-            return scale * (_arc(t, m2) - m3)
-    else:
-        def target(t):
-            return scale * (_psi(m1 * tf.acos(_clip(t)) + m2) - m3)
-    return _with_target(scale * cosine, cosine, labels, target)
+    return apply_margin(combined_parts(scale, m1, m2, m3), cosine, labels)
 
 
 def margin_ramp(step: Scalar, start: int = 0, steps: int = 0) -> tf.Tensor:
@@ -137,11 +178,21 @@ def margin_ramp(step: Scalar, start: int = 0, steps: int = 0) -> tf.Tensor:
     return tf.clip_by_value((step - start) / steps, 0.0, 1.0)
 
 
+class Margin:
+    """A margin of the config: `parts(norms, step)` for the fused loss; called, the logits (the same parts)."""
+
+    def __init__(self, parts: Callable[[tf.Tensor, Scalar], MarginParts]):
+        self.parts = parts
+
+    def __call__(self, cosine: tf.Tensor, labels: tf.Tensor, norms: tf.Tensor, step: Scalar) -> tf.Tensor:
+        return apply_margin(self.parts(norms, step), cosine, labels)
+
+
 def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
                 easy_margin: bool = False, sphere_m: int = 4, lambda_base: float = 1000.0,
                 lambda_gamma: float = 0.12, lambda_power: float = 1.0, lambda_min: float = 5.0,
-                warmup_start: int = 0, warmup_steps: int = 0) -> MarginFn:
-    """Returns fn(cosine, labels, norms, step) -> float32 logits for one of MARGINS.
+                warmup_start: int = 0, warmup_steps: int = 0) -> Margin:
+    """One of MARGINS: margin(cosine, labels, norms, step) -> float32 logits, margin.parts(norms, step).
 
     "softmax" passes raw linear logits (given as `cosine`) through. cosface uses m3, arcface m2, combined
     all three; their margins (and m1 - 1) are scaled by margin_ramp(step, warmup_start, warmup_steps).
@@ -154,24 +205,22 @@ def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 
     def ramp(step):
         return margin_ramp(step, warmup_start, warmup_steps)
 
-    def combined_fn(cosine, labels, norms, step):
+    def combined_fn(norms, step):
         r = ramp(step)
         m1_eff = m1 if m1 == 1 else 1.0 + (m1 - 1.0) * r  # Python 1 keeps ArcFace's rule
-        return combined(cosine, labels, scale, m1_eff, m2 * r, m3 * r)
+        return combined_parts(scale, m1_eff, m2 * r, m3 * r)
 
     fns = {
-        "softmax": lambda cosine, labels, norms, step: _f32(cosine),
-        "normface": lambda cosine, labels, norms, step: normface(cosine, labels, scale),
-        "modified_softmax": lambda cosine, labels, norms, step: modified_softmax(cosine, labels, norms),
-        "sphereface": lambda cosine, labels, norms, step: sphereface(
-            cosine, labels, norms, sphere_m,
-            sphereface_lambda(step, lambda_base, lambda_gamma, lambda_power, lambda_min)),
-        "cosface": lambda cosine, labels, norms, step: cosface(cosine, labels, scale, m3 * ramp(step)),
-        "arcface": lambda cosine, labels, norms, step: arcface(
-            cosine, labels, scale, m2 * ramp(step), easy_margin),
+        "softmax": lambda norms, step: plain_parts(),
+        "normface": lambda norms, step: normface_parts(scale),
+        "modified_softmax": lambda norms, step: modified_softmax_parts(norms),
+        "sphereface": lambda norms, step: sphereface_parts(
+            norms, sphere_m, sphereface_lambda(step, lambda_base, lambda_gamma, lambda_power, lambda_min)),
+        "cosface": lambda norms, step: cosface_parts(scale, m3 * ramp(step)),
+        "arcface": lambda norms, step: arcface_parts(scale, m2 * ramp(step), easy_margin),
         "combined": combined_fn,
     }
-    return fns[kind]
+    return Margin(fns[kind])
 
 
 def target_degrees(cosine: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:

@@ -16,7 +16,7 @@ from distface.config import HeadConfig
 from distface.heads.classifier import (HeadOutput, angle_sums, block_scores, feature_norms, initial_weight,
                                        margin_from_config)
 from distface.heads.margins import target_degrees
-from distface.losses.cross_entropy import sharded_softmax_cross_entropy
+from distface.losses.cross_entropy import margin_softmax_cross_entropy
 
 
 def block_size(num_classes: int, num_replicas: int) -> int:
@@ -66,10 +66,9 @@ class ShardedHead(tf.Module):
             weight, valid = tf.gather(weight, index), tf.gather(valid, index)
             bias = None if bias is None else tf.gather(bias, index)
         scores = block_scores(self.kind, weight, bias, gathered)
-        logits = self.margin_fn(scores, columns, feature_norms(gathered), step)
-        if self.padded:
-            logits = tf.where(valid, logits, -math.inf)
-        loss = sharded_softmax_cross_entropy(collectives, logits, columns, self.num_classes, label_smoothing)
+        parts = self.margin_fn.parts(feature_norms(gathered), step)
+        loss = margin_softmax_cross_entropy(collectives, scores, columns, parts, self.num_classes,
+                                            valid if self.padded else None, label_smoothing)
         own = tf.range(local_batch) + replica * local_batch
         block_degrees = target_degrees(scores, columns)
         # Distribution: each row's target lives in one block, so the sum over replicas is its angle.
