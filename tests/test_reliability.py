@@ -107,8 +107,8 @@ def test_resume_at_other_world_sizes(two_replica_run, tmp_path):
         assert int(other["step"]) == 10
         np.testing.assert_array_equal(other["weight"], at2["weight"])
         np.testing.assert_array_equal(other["momentum"], at2["momentum"])
-        # The backbone's convolutions block their sums by batch size (8, 4 or 2 images per replica): an ulp of
-        # the embeddings' scale (|e| up to ~7), seen at 1.2e-6.
+        # The backbone's convolutions block their sums by batch size (8, 4 or 2 images per replica): a few ulps
+        # of the embeddings' scale (|e| up to ~7; seen: 1.2e-6).
         np.testing.assert_allclose(other["embeddings"], at2["embeddings"], rtol=1e-6, atol=1e-5)
         np.testing.assert_allclose(other["loss"], at2["loss"], rtol=1e-6)
     np.testing.assert_array_equal(merged, at2["weight"])
