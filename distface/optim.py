@@ -90,9 +90,10 @@ class MomentumSGD:
         def step():
             lr_ = tf.cast(lr, var.dtype)
             if not isinstance(grad, tf.IndexedSlices):
-                _scale_in_place(var, 1.0 - lr_ * self.weight_decay)
                 tf.raw_ops.ResourceApplyKerasMomentum(var=var.handle, accum=slot.handle, lr=lr_,
                                                       grad=tf.cast(grad, var.dtype), momentum=self.momentum)
+                if self.weight_decay:
+                    _decay_after_momentum(var, slot, lr_ * self.weight_decay)
             elif self.lazy:
                 self._rows(var, slot, grad.indices, tf.cast(grad.values, var.dtype), lr_)
             else:  # every row decays (g = 0), then the sampled rows' -lr*g enters momentum and, through w + m, w
@@ -127,9 +128,14 @@ class MomentumSGD:
         tf.raw_ops.ResourceScatterUpdate(resource=var.handle, indices=rows, updates=w - lr * self.weight_decay * w + m)
 
 
-def _scale_in_place(var, factor):
-    """var <- factor * var as var - (1 - factor) * var: one fused pass over the variable's own buffer."""
-    tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=1.0 - factor, delta=_read(var))
+def _decay_after_momentum(var, slot, decay):
+    """The decoupled decay w0 <- (1 - decay) w0 made after ResourceApplyKerasMomentum set w = w0 + m: then
+    w <- (1 - decay) w + decay m. ResourceApplyProximalGradientDescent computes w <- (w - alpha delta) / (1 + alpha l2),
+    which is that for delta = m, alpha = -decay / (1 - decay), l2 = -1: one in-place pass that reads m only.
+    (Scaling w by an op that reads w itself, as before, makes TensorFlow copy the whole block first.)"""
+    alpha = -decay / (1.0 - decay)
+    tf.raw_ops.ResourceApplyProximalGradientDescent(var=var.handle, alpha=alpha, l1=tf.zeros([], var.dtype),
+                                                    l2=-tf.ones([], var.dtype), delta=_read(slot))
 
 
 def _read(var):
