@@ -133,11 +133,13 @@ def matmul_limit(engine, args, columns: int) -> float:
     """Seconds for one replica's three head matmuls, run on every replica at once (as the step runs them)."""
     import tensorflow as tf
 
+    from distface.heads.classifier import rows_times
+
     rows = args.batch * engine.num_replicas
     shapes = ([rows, args.dim], [columns, args.dim], [rows, columns])
 
-    def products(x, w, g):  # each product feeds the sum, so none is optimised away
-        return (tf.reduce_sum(tf.matmul(x, w, transpose_b=True)[:1]) + tf.reduce_sum(tf.matmul(g, w)[:1])
+    def products(x, w, g):  # each product feeds the sum, so none is optimised away; the forward one as the head's
+        return (tf.reduce_sum(rows_times(x, w)[:1]) + tf.reduce_sum(tf.matmul(g, w)[:1])
                 + tf.reduce_sum(tf.matmul(g, x, transpose_a=True)[:1]))
 
     strategy = getattr(engine, "strategy", None)

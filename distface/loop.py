@@ -12,6 +12,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from distface.config import Config
+from distface.row_chunks import chunked_sum
 from distface.state import REPLICATED, SHARDED, TrainState
 
 LOSS_SCALE_PERIOD = 2000  # good float16 steps before the loss scale doubles
@@ -119,16 +120,13 @@ def _combine_rows(grad):
                             grad.dense_shape)
 
 
-# Reductions over whole gradients, compiled so the elementwise part fuses into the reduce: TensorFlow's own ops
-# would materialise a block-sized mask and its float32 cast (1.25 GiB for a 1 M / 2 x 512 block), the peak.
-@tf.function(jit_compile=True)
+# Reductions over whole gradients a slice of rows at a time: a block-sized mask or square would be the peak.
 def _non_finite_count(grad):
-    return tf.reduce_sum(tf.cast(~tf.math.is_finite(tf.cast(grad, tf.float32)), tf.float32))
+    return chunked_sum(lambda part: tf.cast(~tf.math.is_finite(part), tf.float32), grad)
 
 
-@tf.function(jit_compile=True)
 def _square_sum(grad):
-    return tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)))
+    return chunked_sum(tf.square, grad)
 
 
 def _values(grad):
