@@ -112,12 +112,19 @@ class Trainer(tf.Module):
 # A sampled head block's gradient is tf.IndexedSlices over its sampled rows (Partial FC). It stays sparse through
 # the step: TensorFlow would densify it into a block-sized tensor at the first dense op.
 def _combine_rows(grad):
-    """Each row of a sparse gradient once (a repeated row's parts summed); dense gradients and None pass."""
+    """Each row of a sparse gradient once (a repeated row's parts summed); dense gradients and None pass.
+    Rows already strictly increasing (Partial FC's sorted sample, one gather) pass as they are: summing them
+    again would copy every sampled row's gradient for nothing."""
     if not isinstance(grad, tf.IndexedSlices):
         return grad
-    rows, position = tf.unique(grad.indices)
-    return tf.IndexedSlices(tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0]), rows,
-                            grad.dense_shape)
+
+    def combined():
+        rows, position = tf.unique(grad.indices)
+        return tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0]), rows
+
+    increasing = tf.reduce_all(grad.indices[1:] > grad.indices[:-1])
+    values, rows = tf.cond(increasing, lambda: (grad.values, grad.indices), combined)
+    return tf.IndexedSlices(values, rows, grad.dense_shape)
 
 
 # Reductions over whole gradients a slice of rows at a time: a block-sized mask or square would be the peak.

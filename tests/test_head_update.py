@@ -10,6 +10,7 @@ from tensorflow.python.framework import tensor_conversion_registry
 from equivalence import build, make_config, make_problem
 from distface.config import OptimConfig
 from distface.heads.classifier import cosine_to_rows
+from distface.loop import _combine_rows
 from distface import optim
 from distface.optim import MomentumSGD
 from distface.parallel.single import SingleEngine
@@ -160,3 +161,15 @@ def test_partial_fc_step_keeps_the_sampled_gradient_sparse(head_update):
         assert len(changed) == 40 and set(problem["labels"]) <= set(changed)
     else:  # weight decay reaches every row
         assert len(changed) == num_classes
+
+
+@pytest.mark.parametrize("rows", [[2, 0, 2, 5, 0], [0, 2, 5], [3]], ids=["repeated", "increasing", "one"])
+def test_sparse_rows_combined_once_each(rows):
+    values = np.random.default_rng(2).normal(size=(len(rows), 4)).astype(np.float32)
+    with no_densifying():
+        got = tf.function(lambda: _combine_rows(sampled(rows, values, (6, 4))))()
+    assert isinstance(got, tf.IndexedSlices)
+    assert sorted(got.indices.numpy()) == sorted(set(rows))
+    want = np.zeros((6, 4), np.float64)
+    np.add.at(want, rows, values)
+    np.testing.assert_allclose(got.values.numpy(), want[got.indices.numpy()], rtol=1e-6)
