@@ -149,7 +149,8 @@ def matmul_limit(engine, args, columns: int) -> float:
     else:  # each replica's operands on its own device
         inputs = [strategy.experimental_distribute_values_from_function(lambda ctx, s=s: tf.random.normal(s))
                   for s in shapes]
-        run = tf.function(lambda *a: strategy.experimental_local_results(strategy.run(products, args=a))[0])
+        # Every replica's result feeds the output: a replica's products that nothing reads would be pruned.
+        run = tf.function(lambda *a: tf.add_n(strategy.experimental_local_results(strategy.run(products, args=a))))
     float(run(*inputs))  # warm up
     engine.barrier()
     start = time.perf_counter()

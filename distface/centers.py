@@ -67,7 +67,7 @@ class ShardedCenters:
         _, rows = self._block_rows(collectives, labels)
         owned = rows[:, tf.newaxis] >= 0
         # Distribution: each global example's center comes from its class's owner (the others add zeros).
-        filled = tf.where(owned, tf.gather(self.variable, tf.maximum(rows, 0)), 0.0)
+        filled = tf.where(owned, collectives.gather_rows(self.variable, tf.maximum(rows, 0)), 0.0)
         every = collectives.all_reduce_sum(tf.stop_gradient(filled))
         local_batch = tf.shape(labels)[0]
         return tf.gather(every, collectives.replica_id() * local_batch + tf.range(local_batch))

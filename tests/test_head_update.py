@@ -7,13 +7,14 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import tensor_conversion_registry
 
-from equivalence import build, make_config, make_problem
+from equivalence import build, make_config, make_problem, per_replica
 from distface.config import OptimConfig
 from distface.heads.classifier import cosine_to_rows
 from distface.loop import _combine_rows
 from distface import optim
 from distface.optim import MomentumSGD
 from distface.parallel.single import SingleEngine
+from distface.parallel.tfdist import mirrored_engine
 
 LR, MOMENTUM, DECAY = 0.1, 0.9, 5e-4
 _forbidden = []
@@ -161,6 +162,24 @@ def test_partial_fc_step_keeps_the_sampled_gradient_sparse(head_update):
         assert len(changed) == 40 and set(problem["labels"]) <= set(changed)
     else:  # weight decay reaches every row
         assert len(changed) == num_classes
+
+
+@pytest.mark.parametrize("head_update", ["dense", "lazy"])
+def test_partial_fc_reads_only_rows_of_a_mirrored_block(head_update):
+    """Under MirroredStrategy a block is an ON_READ variable, and tf.gather on it reads the whole component first
+    (a copy of the block in copy-on-read mode, every step): the step must reach each replica's block only
+    through row gathers and the update's ops, never a whole read."""
+    engine = mirrored_engine(cpu_replicas=2)
+    problem = make_problem(400, 8, seed=9)
+    cfg = make_config("arcface", 4, "sharded")
+    cfg.head.sample_rate, cfg.optim.head_update = 0.1, head_update
+    trainer = build(engine, cfg, problem)
+    x, y = per_replica(engine, problem["x"]), per_replica(engine, problem["labels"])
+    graph = trainer.train_step.get_concrete_function(x, y).graph
+    blocks = [c.handle for c in engine.local_components(trainer.state.head.weight).values()]
+    readers = [sorted({op.type for op in inner.consumers()}) for outer, inner in graph.captures
+               if any(outer is b for b in blocks)]
+    assert readers == [["If", "ResourceGather"]] * 2  # the gather, and the guarded update (If)
 
 
 @pytest.mark.parametrize("rows", [[2, 0, 2, 5, 0], [0, 2, 5], [3]], ids=["repeated", "increasing", "one"])

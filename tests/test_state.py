@@ -91,4 +91,4 @@ def test_heads_and_losses_see_a_small_collective_protocol():
     from distface.parallel.engine import Collectives
 
     members = {name for name in vars(Collectives) if not name.startswith("_")}
-    assert members == {"num_replicas", "replica_id", "all_gather", "all_reduce_sum", "all_reduce_max"}
+    assert members == {"num_replicas", "replica_id", "all_gather", "all_reduce_sum", "all_reduce_max", "gather_rows"}

@@ -63,8 +63,8 @@ class ShardedHead(tf.Module):
         weight, bias = self.weight, self.sharded.get("bias")
         if self.sample_rate < 1.0:
             index, columns = self._sample(columns, valid, step, replica)
-            weight, valid = tf.gather(weight, index), tf.gather(valid, index)
-            bias = None if bias is None else tf.gather(bias, index)
+            weight, valid = collectives.gather_rows(weight, index), tf.gather(valid, index)
+            bias = None if bias is None else collectives.gather_rows(bias, index)
         scores = block_scores(self.kind, weight, bias, gathered)
         parts = self.margin_fn.parts(feature_norms(gathered), step)
         loss = margin_softmax_cross_entropy(collectives, scores, columns, parts, self.num_classes,

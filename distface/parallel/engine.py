@@ -42,6 +42,12 @@ class Collectives(abc.ABC):
     @abc.abstractmethod
     def all_reduce_max(self, x: tf.Tensor) -> tf.Tensor: ...
 
+    def gather_rows(self, var, rows) -> tf.Tensor:
+        """The given rows of this replica's copy of `var` (a sharded block), differentiable, reading only those
+        rows: a read of the whole block would copy it once scatter updates have touched it (TensorFlow's
+        copy-on-read mode)."""
+        return tf.gather(var, rows)
+
 
 class Runtime(abc.ABC):
     """Where variables live and how they change, the processes of the job, and how data reaches the replicas."""

@@ -47,6 +47,14 @@ class StrategyCollectives(Collectives):
         x = tf.stop_gradient(x)
         return tf.reduce_max(_ctx().all_gather(x[tf.newaxis], axis=0), axis=0)
 
+    def gather_rows(self, var, rows):
+        # Distribution: tf.gather on an ON_READ variable reads the replica's whole component first (ReadVariableOp,
+        # then GatherV2); the component itself gathers only the rows, and the tape still reaches the variable
+        # (in a replica context its handle is the component's).
+        local = self.strategy.experimental_local_results(_tf_variable(var))
+        replica = tf.get_static_value(_ctx().replica_id_in_sync_group)  # a constant in each replica's trace
+        return tf.gather(local[replica % len(local)], rows)  # every worker runs the same number of replicas
+
 
 class StrategyEngine(Runtime):
     def __init__(self, strategy: tf.distribute.Strategy, name: str):
