@@ -12,6 +12,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from distface.config import Config
+from distface.heads.row_gradient import RowGradient
 from distface.row_chunks import chunked_sum
 from distface.state import REPLICATED, SHARDED, TrainState
 
@@ -44,14 +45,15 @@ class Trainer(tf.Module):
         moving = [tf.identity(v) for v in state.backbone.non_trainable_variables]  # BN statistics before
         with tf.GradientTape() as tape:
             embeddings = state.backbone(images, training=True)
-            loss, metrics = self.objective.loss(collectives, embeddings, labels, state.step, self.global_batch)
+            loss, metrics, row_factors = self.objective.loss(collectives, embeddings, labels, state.step,
+                                                             self.global_batch)
             scaled = loss if loss_scale is None else loss * loss_scale
-        grads = tf.nest.map_structure(_combine_rows, tape.gradient(scaled, self.variables_by_group))
+        grads = tf.nest.map_structure(_combine_rows, self._gradients(tape, scaled, row_factors))
         if loss_scale is not None:
             grads = tf.nest.map_structure(lambda g: _scale(g, 1.0 / loss_scale), grads)
         grads = {REPLICATED: runtime.reduce_gradients(grads[REPLICATED]), SHARDED: grads[SHARDED]}
         # A step is good only if the loss and every gradient, on every replica, are finite.
-        bad = tf.add_n([_non_finite_count(_values(g)) for g in tf.nest.flatten(grads) + [loss] if g is not None])
+        bad = tf.add_n([_non_finite_count(g) for g in tf.nest.flatten(grads) + [loss] if g is not None])
         ok = collectives.all_reduce_sum(bad) == 0
         # The guard's limit reached: the step changes nothing, its counts included, until the loop sees the streak
         # (it reads it every few steps, not after each: no host sync per step), so the run stops at the limit.
@@ -75,6 +77,17 @@ class Trainer(tf.Module):
         scalars = {n: totals[2 * i] / tf.maximum(totals[2 * i + 1], 1e-12) for i, n in enumerate(names)}
         return StepMetrics(scalars, {n: collectives.all_gather(v) for n, v in metrics.histograms.items()})
 
+    def _gradients(self, tape, loss, row_factors) -> dict:
+        """The tape's gradients by group. A block with row factors is differentiated at its scores instead: its
+        gradient is a RowGradient (heads/row_gradient.py), and its dense gradient is never computed."""
+        sharded = self.variables_by_group[SHARDED]
+        sources = {REPLICATED: self.variables_by_group[REPLICATED],
+                   SHARDED: {n: row_factors[n].scores if n in row_factors else v for n, v in sharded.items()}}
+        grads = tape.gradient(loss, sources)
+        grads[SHARDED] = {n: RowGradient.from_upstream(g, row_factors[n]) if n in row_factors else g
+                          for n, g in grads[SHARDED].items()}
+        return grads
+
     def _count_step(self, ok, live):
         runtime, counters = self.runtime, self.state.counters
         bad, counted = tf.cast(~ok, tf.int64), tf.cast(live, tf.int64)
@@ -94,7 +107,7 @@ class Trainer(tf.Module):
     def _clip(self, grads):
         """Clip by the norm of the whole gradient: a sharded block holds only its rows' part of it."""
         def squares(gs):
-            return tf.add_n([_square_sum(_values(g)) for g in gs if g is not None] or [tf.zeros([])])
+            return tf.add_n([_square_sum(g) for g in gs if g is not None] or [tf.zeros([])])
 
         norm = tf.sqrt(squares(tf.nest.flatten(grads[REPLICATED]))
                        + self.runtime.collectives.all_reduce_sum(squares(tf.nest.flatten(grads[SHARDED]))))
@@ -129,11 +142,13 @@ def _combine_rows(grad):
 
 # Reductions over whole gradients a slice of rows at a time: a block-sized mask or square would be the peak.
 def _non_finite_count(grad):
-    return chunked_sum(lambda part: tf.cast(~tf.math.is_finite(part), tf.float32), grad)
+    if isinstance(grad, RowGradient):
+        return grad.non_finite_count()
+    return chunked_sum(lambda part: tf.cast(~tf.math.is_finite(part), tf.float32), _values(grad))
 
 
 def _square_sum(grad):
-    return chunked_sum(tf.square, grad)
+    return grad.square_sum() if isinstance(grad, RowGradient) else chunked_sum(tf.square, _values(grad))
 
 
 def _values(grad):
@@ -143,6 +158,8 @@ def _values(grad):
 def _scale(grad, factor):
     if grad is None:
         return None
+    if isinstance(grad, RowGradient):
+        return grad.times(factor)
     if isinstance(grad, tf.IndexedSlices):
         return tf.IndexedSlices(tf.cast(grad.values, tf.float32) * factor, grad.indices, grad.dense_shape)
     return tf.cast(grad, tf.float32) * factor

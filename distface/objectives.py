@@ -4,7 +4,8 @@ center loss) or triplet loss. Each objective owns its variables, its loss, the b
 
 An objective's loss is this replica's PARTIAL loss (engine.py's convention) with its metrics: `ratios` are reported
 as the sum over replicas of the numerators over the sum of the denominators (a replica's share of a global mean
-has denominator 1/N), `histograms` are gathered from every replica.
+has denominator 1/N), `histograms` are gathered from every replica; and the row factors of the sharded blocks
+whose gradient is taken at their scores (heads/row_gradient.py), by trainable name.
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ class Classification:
             ratios["angle/target_deg"] = (angles.target_sum, angles.target_count)
             ratios["angle/nontarget_deg"] = (angles.other_sum, angles.other_count)
             histograms["angle/target"] = out.target_degrees
-        return tf.reduce_sum(per_example) / global_batch, Metrics(ratios, histograms)
+        row_factors = {f"head/{name}": factors for name, factors in out.row_factors.items()}
+        return tf.reduce_sum(per_example) / global_batch, Metrics(ratios, histograms), row_factors
 
     def after_update(self, runtime, embeddings, labels, ok) -> None:
         """Move the centers towards this step's features (nothing moves on a skipped step)."""
@@ -110,7 +112,7 @@ class Triplet:
         loss = tf.reduce_sum(t.loss_sum) / tf.maximum(pairs, 1.0)
         ratios = {"triplet/semi_hard_fraction": (tf.reduce_sum(t.num_semi_hard), tf.reduce_sum(t.num_pairs)),
                   "triplet/pairs": (tf.reduce_sum(t.num_pairs), 1.0 / collectives.num_replicas)}
-        return loss, Metrics(ratios, {})
+        return loss, Metrics(ratios, {}), {}
 
     def after_update(self, runtime, embeddings, labels, ok) -> None:
         """Triplet training has no state besides the backbone."""

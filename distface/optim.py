@@ -4,6 +4,8 @@ import math
 import tensorflow as tf
 
 from distface.config import OptimConfig
+from distface.heads.row_gradient import RowGradient
+from distface.rows_in_place import update_rows
 
 
 class WarmupSchedule:
@@ -89,7 +91,9 @@ class MomentumSGD:
         # Raw ops on the handles: a per-replica (ON_READ) block has no scatter methods of its own.
         def step():
             lr_ = tf.cast(lr, var.dtype)
-            if not isinstance(grad, tf.IndexedSlices):
+            if isinstance(grad, RowGradient):
+                self._stream_rows(var, slot, grad, lr_)
+            elif not isinstance(grad, tf.IndexedSlices):
                 tf.raw_ops.ResourceApplyKerasMomentum(var=var.handle, accum=slot.handle, lr=lr_,
                                                       grad=tf.cast(grad, var.dtype), momentum=self.momentum)
                 if self.weight_decay:
@@ -105,6 +109,18 @@ class MomentumSGD:
 
         # The guard: a non-finite step changes nothing (tf.cond, so no copy of the block is made to keep it).
         tf.cond(ok, step, lambda: tf.constant(False))
+
+    def _stream_rows(self, var, slot, grad, lr):
+        """The rule over every row of a block whose gradient is never materialised (RowGradient): each range of rows
+        gets its gradient, then its update written in place."""
+        momentum, decay = tf.constant(self.momentum, var.dtype), lr * self.weight_decay
+
+        @tf.function(jit_compile=True)  # the rows' gradient and rule in one fused pass, no temporaries of its terms
+        def rule(lo, w, m):
+            m = momentum * m - lr * grad.rows(lo, w)
+            return w - decay * w + m, m
+
+        update_rows([var, slot], rule)
 
     def _all_rows_without_gradient(self, var, slot, lr):
         """The rule with g = 0 over every row, CHUNK_ROWS rows at a time through gather and scatter: once rows of

@@ -87,8 +87,8 @@ def loss_and_grads(trainer: Trainer, problem: dict) -> dict:
         with tf.GradientTape() as tape:
             embeddings = state.backbone(x, training=True)
             tape.watch(embeddings)
-            ce, _, degrees = state.head(engine.collectives, embeddings, labels, state.step,
-                                        trainer.cfg.loss.label_smoothing)
+            out = state.head(engine.collectives, embeddings, labels, state.step, trainer.cfg.loss.label_smoothing)
+            ce, degrees = out.loss, out.target_degrees
             loss = tf.reduce_sum(ce) / trainer.global_batch
         d_emb, d_weight = tape.gradient(loss, [embeddings, state.head.weight])
         return engine.collectives.all_reduce_sum(loss), d_emb, d_weight, degrees
@@ -130,7 +130,7 @@ def objective_loss_and_grads(trainer: Trainer, problem: dict) -> dict:
     def replica_fn(x, labels):
         with tf.GradientTape() as tape:
             embeddings = state.backbone(x, training=True)
-            loss, metrics = trainer.objective.loss(engine.collectives, embeddings, labels, state.step,
+            loss, metrics, _ = trainer.objective.loss(engine.collectives, embeddings, labels, state.step,
                                                    trainer.global_batch)
         d_emb, d_kernel = tape.gradient(loss, [embeddings, kernel])
         totals = engine.collectives.all_reduce_sum(tf.stack([loss, metrics.ratios["loss/center"][0]]))

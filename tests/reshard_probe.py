@@ -27,7 +27,7 @@ def probe(run_dir: str, out: str, strategy: str, cpu_replicas: int) -> None:
 
     def replica_fn(x, y):
         embeddings = state.backbone(x, training=False)
-        ce, _, _ = state.head(engine.collectives, embeddings, y, state.step)
+        ce = state.head(engine.collectives, embeddings, y, state.step).loss
         return engine.collectives.all_reduce_sum(tf.reduce_sum(ce) / len(labels)), embeddings
 
     fn = tf.function(lambda x, y: _per_replica_run(engine, replica_fn, x, y))

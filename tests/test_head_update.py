@@ -9,7 +9,7 @@ from tensorflow.python.framework import tensor_conversion_registry
 
 from equivalence import build, make_config, make_problem, per_replica
 from distface.config import OptimConfig
-from distface.heads.classifier import cosine_to_rows
+from distface.heads.classifier import cosine_to_rows, inverse_row_norms
 from distface.loop import _combine_rows
 from distface import optim
 from distface.optim import MomentumSGD
@@ -53,7 +53,7 @@ def test_cosine_to_rows_and_its_gradient_equal_normalising_w():
     xt, wt = tf.constant(x), tf.Variable(w)
     with tf.GradientTape() as tape:
         tape.watch(xt)
-        cosine = cosine_to_rows(xt, wt)
+        cosine = cosine_to_rows(xt, wt, inverse_row_norms(wt))
         loss = tf.reduce_sum(cosine * upstream)
     dx, dw = tape.gradient(loss, [xt, wt])
     # Closed form: cos = x ŵ^T with ŵ = w / |w|; dŵ = g^T x, dw = (dŵ - ŵ (dŵ . ŵ)) / |w|.

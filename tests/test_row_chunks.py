@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from distface import row_chunks
-from distface.heads.classifier import _inverse_row_norms
+from distface.heads.classifier import inverse_row_norms
 from distface.loop import _non_finite_count, _square_sum
 
 
@@ -17,8 +17,8 @@ def small_chunks(monkeypatch):
 def test_row_norms_match_numpy_for_static_and_unknown_rows(rows):
     w = np.random.default_rng(rows).normal(size=(rows, 3)).astype(np.float32)
     expected = 1.0 / np.linalg.norm(w.astype(np.float64), axis=1)
-    unknown = tf.function(_inverse_row_norms, input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-    np.testing.assert_allclose(_inverse_row_norms(tf.constant(w)).numpy(), expected, rtol=1e-6)
+    unknown = tf.function(inverse_row_norms, input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    np.testing.assert_allclose(inverse_row_norms(tf.constant(w)).numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(unknown(tf.constant(w)).numpy(), expected, rtol=1e-6)
 
 

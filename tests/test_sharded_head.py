@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from equivalence import HEADS, build, full_weight, loss_and_grads, make_config, make_problem, train
+from distface import row_chunks, rows_in_place
+from distface.heads import row_gradient
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 
@@ -52,6 +54,16 @@ def test_label_smoothing_and_clipping_are_equivalent(mirrored):
     problem = make_problem(11, GLOBAL_BATCH, seed=3)
     kwargs = dict(label_smoothing=0.1, clip_norm=0.05)
     assert_equivalent(reference("arcface", problem, **kwargs), sharded(mirrored, "arcface", problem, **kwargs), 11)
+
+
+@pytest.mark.parametrize("kind", ["arcface", "softmax"])
+def test_block_updated_in_ranges_of_rows_is_equivalent(mirrored, kind, monkeypatch):
+    """Blocks of 501 rows in ranges of 16 (31 and a tail of 5), clipped (the squares come from the ranges too)."""
+    for module in (rows_in_place, row_gradient, row_chunks):
+        monkeypatch.setattr(module, "CHUNK_ROWS", 16)
+    problem = make_problem(1001, GLOBAL_BATCH, seed=7)
+    kwargs = dict(clip_norm=0.05)
+    assert_equivalent(reference(kind, problem, **kwargs), sharded(mirrored, kind, problem, **kwargs), 1001)
 
 
 def test_replicated_head_on_two_replicas_equals_single_device(mirrored):
@@ -113,7 +125,7 @@ def test_partial_fc_sampling():
 
     embeddings = trainer.state.backbone(problem["x"])
     trainer.state.step.assign(3)
-    loss, _, _ = head(SingleEngine().collectives, embeddings, labels, trainer.state.step)
+    loss = head(SingleEngine().collectives, embeddings, labels, trainer.state.step).loss
     x = embeddings.numpy() / np.linalg.norm(embeddings.numpy(), axis=1, keepdims=True)
     w = problem["weight"][index] / np.linalg.norm(problem["weight"][index], axis=1, keepdims=True)
     logits = 10.0 * x.astype(np.float64) @ w.T

@@ -64,7 +64,7 @@ def run(engine, sync: bool, data: dict) -> dict:
     def replica_fn(images, y):
         with tf.GradientTape() as tape:
             embeddings = state.backbone(images, training=True)
-            loss, _ = t.objective.loss(collectives, embeddings, y, state.step, t.global_batch)
+            loss, _, _ = t.objective.loss(collectives, embeddings, y, state.step, t.global_batch)
         grads = engine.reduce_gradients(tape.gradient(loss, variables))
         return collectives.all_reduce_sum(loss), grads, probe(images, training=True)
 

@@ -30,7 +30,7 @@ def run_objective(engine, trainer, embeddings, labels):
     def replica_fn(x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss, _ = trainer.objective.loss(engine.collectives, x, y, trainer.state.step, trainer.global_batch)
+            loss, _, _ = trainer.objective.loss(engine.collectives, x, y, trainer.state.step, trainer.global_batch)
         return engine.collectives.all_reduce_sum(loss), tape.gradient(loss, x)
 
     if engine.num_replicas == 1:

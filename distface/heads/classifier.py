@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from distface.config import HeadConfig
 from distface.heads.margins import AngleSums, make_margin, target_angles, target_degrees
+from distface.heads.row_gradient import RowFactors, RowGradient
 from distface.losses.cross_entropy import margin_softmax_cross_entropy
 from distface.parallel.single import SingleCollectives
 from distface.row_chunks import map_row_chunks
@@ -28,12 +29,18 @@ def initial_weight(rows: int, embedding_size: int, seed) -> tf.Tensor:
     return tf.random.stateless_normal([rows, embedding_size], seed=seed, stddev=0.01)
 
 
-def block_scores(kind: str, weight, bias, embeddings) -> tf.Tensor:
-    """[B, C_block] float32: cos(x, w_j) for margin heads, x.w_j + b_j for plain softmax."""
+def block_scores(kind: str, weight, bias, embeddings) -> tuple[tf.Tensor, RowFactors]:
+    """[B, C_block] float32: cos(x, w_j) for margin heads, x.w_j + b_j for plain softmax; and the factors of the
+    block's weight gradient (heads/row_gradient.py)."""
     x = tf.cast(embeddings, tf.float32)
+    weight = tf.convert_to_tensor(weight)  # a variable's read: no copy
     if kind == "softmax":
-        return rows_times(x, weight) + bias
-    return cosine_to_rows(tf.math.l2_normalize(x, axis=1), weight)
+        products = rows_times(x, weight)
+        return products + bias, RowFactors(products, x, weight, None)
+    x = tf.math.l2_normalize(x, axis=1)
+    inv_norm = inverse_row_norms(weight)
+    cosine = cosine_to_rows(x, weight, inv_norm)
+    return cosine, RowFactors(cosine, x, weight, inv_norm)
 
 
 def rows_times(x, weight):
@@ -43,35 +50,27 @@ def rows_times(x, weight):
     return tf.transpose(tf.matmul(weight, x, transpose_b=True))
 
 
-def _inverse_row_norms(weight):
+def inverse_row_norms(weight):
     """1 / |w_j| for every row, without a squared copy of the block (it would be the forward pass's peak)."""
     return tf.math.rsqrt(tf.maximum(map_row_chunks(lambda rows: tf.reduce_sum(tf.square(rows), axis=1), weight),
                                     1e-12))
 
 
-# XLA for the weight gradient's projection term, written into the matmul's output (measured: one block less).
-@tf.function(jit_compile=True)
-def _weight_gradient(scaled, x, along, weight):
-    return tf.matmul(scaled, x, transpose_a=True) - along[:, tf.newaxis] * weight
-
-
 @tf.custom_gradient
-def cosine_to_rows(x, weight):
-    """x [B, d] (unit rows) against the rows of weight [C, d]: (x w_j) / |w_j|, [B, C], clipped to [-1, 1].
+def cosine_to_rows(x, weight, inv_norm):
+    """x [B, d] (unit rows) against the rows of weight [C, d]: (x w_j) / |w_j|, [B, C], clipped to [-1, 1];
+    inv_norm = inverse_row_norms(weight), which carries no gradient of its own: the weight's below is the whole.
 
     The scores are divided by the row norms instead of normalising W: a block holds millions of rows, and neither
     the forward pass nor the gradient makes a normalised copy of it. With g = dL/dcos:
     dx = (g / |w|) W;  dw_j = (Σ_i g_ij x_i - (Σ_i g_ij cos_ij / |w_j|) w_j) / |w_j|.
     The clip only removes rounding past ±1 (acos' domain); the gradient is the cosine's.
     """
-    weight = tf.convert_to_tensor(weight)  # a variable's read: no copy
-    inv_norm = _inverse_row_norms(weight)
     cosine = tf.clip_by_value(rows_times(x, weight) * inv_norm, -1.0, 1.0)
 
     def grad(upstream):
-        scaled = upstream * inv_norm  # 1/|w_j| folded into the [B, C] operand: one pass less over the block
-        along = tf.reduce_sum(upstream * cosine, axis=0) * tf.square(inv_norm)
-        return tf.matmul(scaled, weight), _weight_gradient(scaled, x, along, weight)
+        dw = RowGradient.from_upstream(upstream, RowFactors(cosine, x, weight, inv_norm))
+        return tf.matmul(dw.scaled, weight), dw.whole(), None
 
     return cosine, grad
 
@@ -80,6 +79,8 @@ class HeadOutput(NamedTuple):
     loss: tf.Tensor  # [b] per-example loss of this replica's examples
     angles: tuple  # margins.AngleSums over the head's columns (summed across replicas by the loop)
     target_degrees: tf.Tensor  # [b] the examples' target angles θ_y in degrees (for a histogram)
+    # {name: RowFactors}: sharded blocks whose gradient the trainer takes at their scores (heads/row_gradient.py)
+    row_factors: dict = {}
 
 
 ANGLE_COLUMNS = 1024  # columns of a block whose non-target angles are averaged for monitoring
@@ -127,7 +128,7 @@ class ReplicatedHead(tf.Module):
 
     def __call__(self, collectives, embeddings, labels, step, label_smoothing: float = 0.0) -> HeadOutput:
         labels = tf.cast(labels, tf.int32)
-        scores = block_scores(self.kind, self.weight, self.replicated.get("bias"), embeddings)
+        scores, _ = block_scores(self.kind, self.weight, self.replicated.get("bias"), embeddings)
         parts = self.margin_fn.parts(feature_norms(embeddings), step)
         # Each replica classifies its own examples over all C: the loss needs no collective.
         loss = margin_softmax_cross_entropy(SingleCollectives(), scores, labels, parts, self.num_classes,

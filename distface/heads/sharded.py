@@ -65,7 +65,7 @@ class ShardedHead(tf.Module):
             index, columns = self._sample(columns, valid, step, replica)
             weight, valid = collectives.gather_rows(weight, index), tf.gather(valid, index)
             bias = None if bias is None else collectives.gather_rows(bias, index)
-        scores = block_scores(self.kind, weight, bias, gathered)
+        scores, factors = block_scores(self.kind, weight, bias, gathered)
         parts = self.margin_fn.parts(feature_norms(gathered), step)
         loss = margin_softmax_cross_entropy(collectives, scores, columns, parts, self.num_classes,
                                             valid if self.padded else None, label_smoothing)
@@ -73,8 +73,11 @@ class ShardedHead(tf.Module):
         block_degrees = target_degrees(scores, columns)
         # Distribution: each row's target lives in one block, so the sum over replicas is its angle.
         degrees = collectives.all_reduce_sum(block_degrees)
+        # A full block's gradient is applied a range of rows at a time (heads/row_gradient.py); a sampled
+        # one's is sparse rows already.
+        row_factors = {"weight": factors} if self.sample_rate == 1.0 else {}
         return HeadOutput(tf.gather(loss, own), angle_sums(scores, columns, block_degrees, valid),
-                          tf.gather(degrees, own))
+                          tf.gather(degrees, own), row_factors)
 
     def _sample(self, columns, valid, step, replica):
         """Block rows to keep this step (sorted) and the batch's labels remapped to them."""

@@ -1,0 +1,175 @@
+"""A full block's gradient never materialised: its rows from the factors (heads/row_gradient.py) against the closed
+form, the guard's finiteness test and the clip's squares, the update written in place a range of rows at a time
+(rows_in_place.py), and the traced step, which computes nothing of the block's size but views of its reads."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from equivalence import build, make_config, make_problem, per_replica
+from distface import row_chunks, rows_in_place
+from distface.config import OptimConfig
+from distface.heads import row_gradient
+from distface.heads.classifier import block_scores
+from distface.heads.row_gradient import RowGradient
+from distface.optim import MomentumSGD
+from distface.parallel.single import SingleEngine
+from distface.parallel.tfdist import mirrored_engine
+
+LR, MOMENTUM, DECAY = 0.1, 0.9, 5e-4
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    # 16 rows of 4-byte floats: a chunk's end stays 64-byte aligned, as 8192 rows keep it (rows_in_place.py)
+    for module in (rows_in_place, row_gradient, row_chunks):
+        monkeypatch.setattr(module, "CHUNK_ROWS", 16)
+
+
+def gradient_of(kind, w, x, upstream):
+    """(RowGradient, the tape's dense weight gradient) of sum(scores * upstream)."""
+    var = tf.Variable(w)
+    with tf.GradientTape() as tape:
+        scores, factors = block_scores(kind, var, tf.zeros([w.shape[0]]), tf.constant(x))
+        loss = tf.reduce_sum(scores * upstream)
+    dense, at_scores = tape.gradient(loss, [var, factors.scores])
+    return RowGradient.from_upstream(at_scores, factors), dense.numpy()
+
+
+def closed_form(kind, w, x, upstream):
+    """dW in float64: g^T x (softmax); for cos against unit w: (dŵ - ŵ (dŵ . ŵ)) / |w| with dŵ = g^T x̂."""
+    w, x, g = (a.astype(np.float64) for a in (w, x, upstream))
+    if kind == "softmax":
+        return g.T @ x
+    norms = np.linalg.norm(w, axis=1, keepdims=True)
+    unit, d_unit = w / norms, g.T @ (x / np.linalg.norm(x, axis=1, keepdims=True))
+    return (d_unit - unit * np.sum(d_unit * unit, axis=1, keepdims=True)) / norms
+
+
+def problem(rows=56, width=3, batch=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(rows, width)).astype(np.float32), rng.normal(size=(batch, width)).astype(np.float32),
+            rng.normal(size=(batch, rows)).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", ["arcface", "softmax"])
+def test_rows_equal_the_closed_form_and_the_tapes_gradient(kind):
+    w, x, upstream = problem()
+    grad, dense = gradient_of(kind, w, x, upstream)
+    want = closed_form(kind, w, x, upstream)
+    np.testing.assert_allclose(dense, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad.whole().numpy(), want, rtol=1e-5, atol=1e-6)
+    for lo, hi in [(0, 56), (0, 16), (5, 21), (48, 56)]:
+        np.testing.assert_allclose(grad.rows(lo, tf.constant(w[lo:hi])).numpy(), want[lo:hi], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad.times(0.5).times(3.0).rows(5, tf.constant(w[5:21])).numpy(),
+                               1.5 * want[5:21], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["arcface", "softmax"])
+def test_square_sum_over_row_ranges(kind, small_chunks):
+    w, x, upstream = problem()  # 56 rows: chunks of 16, 16, 16 and 8
+    grad, _ = gradient_of(kind, w, x, upstream)
+    want = closed_form(kind, w, x, upstream)
+    np.testing.assert_allclose(grad.times(2.0).square_sum().numpy(), np.sum((2.0 * want) ** 2), rtol=1e-5)
+
+
+def overflowing(kind):
+    """Finite factors whose gradient overflows."""
+    w, x, upstream = problem()
+    if kind == "softmax":  # one upstream entry times a large embedding
+        x[1] *= 1e20
+        upstream[1, 3] = 1e30
+    else:  # embeddings are normalised: the rows of S = g / |w| add up past float32's range
+        x[:] = x[0]
+        w[3] *= 1e-3
+        upstream[:, 3] = 3e38 * np.linalg.norm(w[3])
+    return w, x, upstream
+
+
+@pytest.mark.parametrize("kind", ["arcface", "softmax"])
+@pytest.mark.parametrize("case", ["finite", "inf upstream", "nan upstream", "overflow", "large but finite"])
+def test_non_finite_count_is_zero_exactly_when_every_element_is_finite(kind, case, small_chunks):
+    w, x, upstream = problem()
+    if case == "inf upstream":
+        upstream[2, 26] = np.inf
+    elif case == "nan upstream":
+        upstream[0, 53] = np.nan
+    elif case == "overflow":
+        w, x, upstream = overflowing(kind)
+    elif case == "large but finite":  # past the bound the factors prove: the rows are counted
+        upstream[1, 3] = 3e37
+    grad, dense = gradient_of(kind, w, x, upstream)
+    want = np.sum(~np.isfinite(dense))
+    assert (want == 0) == (case in ("finite", "large but finite"))
+    assert grad._surely_finite().numpy() == (case == "finite")
+    assert grad.non_finite_count().numpy() == want
+
+
+def optimizer():
+    cfg = OptimConfig(lr=LR, momentum=MOMENTUM, weight_decay=DECAY, warmup_steps=0, schedule="constant")
+    return MomentumSGD(cfg, 100, SingleEngine())
+
+
+def update(grad, w0, m0, ok=True):
+    opt, var, slot = optimizer(), tf.Variable(w0), tf.Variable(m0)
+    tf.function(lambda: opt.apply({"g": {"w": grad}}, {"g": {"w": var}}, {"g": {"w": slot}}, 0, ok))()
+    return var.numpy(), slot.numpy()
+
+
+@pytest.mark.parametrize("rows", [48, 56, 5], ids=["whole chunks", "chunks and a tail", "tail only"])
+@pytest.mark.parametrize("kind", ["arcface", "softmax"])
+def test_update_in_row_ranges_equals_the_dense_gradients_update(kind, rows, small_chunks):
+    w, x, upstream = problem(rows=rows, width=3)  # rows of 12 bytes: a 2-D row slice would not alias
+    m0 = np.random.default_rng(3).normal(size=w.shape).astype(np.float32)
+    grad, dense = gradient_of(kind, w, x, upstream)
+    got = update(grad.times(0.5), w, m0)
+    m = MOMENTUM * m0.astype(np.float64) - LR * 0.5 * closed_form(kind, w, x, upstream)
+    np.testing.assert_allclose(got[1], m, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got[0], w - LR * DECAY * w.astype(np.float64) + m, rtol=1e-5, atol=1e-7)
+    dense_update = update(tf.constant(dense * 0.5), w, m0)
+    for a, b in zip(got, dense_update):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    refused = update(grad, w, m0, ok=False)
+    np.testing.assert_array_equal(refused[0], w)
+    np.testing.assert_array_equal(refused[1], m0)
+
+
+def test_update_fails_rather_than_lose_the_writes_in_copy_on_read_mode(small_chunks):
+    var = tf.Variable(tf.zeros([40, 3]))
+    tf.raw_ops.ResourceGather(resource=var.handle, indices=[0], dtype=tf.float32)  # reads now copy the variable
+
+    @tf.function
+    def add_one():
+        rows_in_place.update_rows([var], lambda lo, w: [w + 1.0])
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="copy-on-read"):
+        add_one()
+
+
+def reachable_ops(graph):
+    """The ops a run of the traced function executes: what its outputs and stateful ops depend on (TensorFlow
+    prunes the rest when it instantiates the function)."""
+    todo = [t.op for t in graph.outputs] + [op for op in graph.get_operations() if op.op_def.is_stateful]
+    seen = set()
+    while todo:
+        op = todo.pop()
+        if op not in seen:
+            seen.add(op)
+            todo += [t.op for t in op.inputs] + list(op.control_inputs)
+    return seen
+
+
+@pytest.mark.parametrize("engine", ["single", "mirrored"])
+@pytest.mark.parametrize("kind", ["arcface", "softmax"])
+def test_a_full_block_step_computes_nothing_the_size_of_the_block(engine, kind, small_chunks):
+    """Beside the block's reads and what passes them through (the custom gradient's IdentityN, the loops that read
+    ranges of rows of them, StatelessWhile), nothing of the block's shape is computed: the dense gradient of the
+    cosine's custom gradient is pruned, and the row norms and the update work on ranges of rows."""
+    engine = SingleEngine() if engine == "single" else mirrored_engine(cpu_replicas=2)
+    cfg = make_config(kind, 3, "sharded")  # a global batch of 3 or 6, not d = 8: no [B, C] tensor looks like a block
+    data = make_problem(400, 3 * engine.num_replicas, seed=1)
+    trainer = build(engine, cfg, data)
+    x, y = per_replica(engine, data["x"]), per_replica(engine, data["labels"])
+    graph = trainer.train_step.get_concrete_function(x, y).graph
+    block = trainer.state.head.block_size, cfg.model.embedding_size
+    sized = {op.type for op in reachable_ops(graph) for t in op.outputs if t.shape == block}
+    assert "ReadVariableOp" in sized and sized <= {"ReadVariableOp", "IdentityN", "StatelessWhile"}
