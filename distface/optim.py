@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from distface.config import OptimConfig
 from distface.heads.row_gradient import RowGradient
-from distface.rows_in_place import update_rows
+from distface import rows_in_place
 
 
 class WarmupSchedule:
@@ -55,7 +55,8 @@ class MomentumSGD:
     sampled rows, tf.IndexedSlices) is scattered into its rows. With a sparse gradient, `head_update="dense"` still
     decays every row's momentum and weight (the rule above with g = 0 off the sampled rows: what the published
     Partial FC results used), `"lazy"` updates only the sampled rows and their momentum (as TensorFlow's sparse
-    optimizers do), so a step costs the sampled work alone.
+    optimizers do), so a step costs the sampled work alone. A full block's gradient arrives as a RowGradient
+    (heads/row_gradient.py, never materialised): the rule is applied to CHUNK_ROWS rows at a time, written in place.
     """
 
     def __init__(self, cfg: OptimConfig, total_steps: int, runtime):
@@ -91,11 +92,12 @@ class MomentumSGD:
         # Raw ops on the handles: a per-replica (ON_READ) block has no scatter methods of its own.
         def step():
             lr_ = tf.cast(lr, var.dtype)
-            if isinstance(grad, RowGradient):
+            if isinstance(grad, RowGradient) and rows_in_place.available():
                 self._stream_rows(var, slot, grad, lr_)
             elif not isinstance(grad, tf.IndexedSlices):
+                dense = grad.whole() if isinstance(grad, RowGradient) else grad  # inside XLA: its own buffers
                 tf.raw_ops.ResourceApplyKerasMomentum(var=var.handle, accum=slot.handle, lr=lr_,
-                                                      grad=tf.cast(grad, var.dtype), momentum=self.momentum)
+                                                      grad=tf.cast(dense, var.dtype), momentum=self.momentum)
                 if self.weight_decay:
                     _decay_after_momentum(var, slot, lr_ * self.weight_decay)
             elif self.lazy:
@@ -120,7 +122,7 @@ class MomentumSGD:
             m = momentum * m - lr * grad.rows(lo, w)
             return w - decay * w + m, m
 
-        update_rows([var, slot], rule)
+        rows_in_place.update_rows([var, slot], rule)
 
     def _all_rows_without_gradient(self, var, slot, lr):
         """The rule with g = 0 over every row, CHUNK_ROWS rows at a time through gather and scatter: once rows of

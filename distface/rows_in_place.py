@@ -9,18 +9,28 @@ while they are written: the caller orders the update after every use of the step
 runs behind the guard, which depends on every gradient).
 
 If the variable was in copy-on-read mode after all, its read is a copy and the writes would be lost: a re-read
-after the writes checks that they reached the variable, and the step fails if they did not.
+after the writes checks that they reached the variable, and the step fails if they did not. Inside an XLA-compiled
+function reads and writes are XLA's own buffers (and asserts vanish): there the caller must not use this.
 """
 import tensorflow as tf
+from tensorflow.python.framework import ops
+from tensorflow.python.ops import control_flow_util
 
 from distface.row_chunks import CHUNK_ROWS
 
 _SAME_SIZE_INT = {2: tf.int16, 4: tf.int32, 8: tf.int64}
 
 
+def available() -> bool:
+    """False while tracing inside an XLA-compiled function."""
+    return not control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
 def update_rows(variables, fn) -> tf.Operation:
     """variables' rows [lo, lo + n) <- fn(lo, *their rows) for consecutive ranges of CHUNK_ROWS rows (n fewer
     for the last); the variables share their shape [rows, width], fn returns one new [n, width] per variable."""
+    if not available():
+        raise RuntimeError("in-place row updates cannot run inside an XLA-compiled function (check available())")
     rows, width = variables[0].shape
     full = rows // CHUNK_ROWS  # whole chunks, written as single rows of a [full, CHUNK_ROWS * width] view
     main = full * CHUNK_ROWS

@@ -49,10 +49,6 @@ class RowGradient:
         along = tf.reduce_sum(upstream * factors.scores, axis=0) * tf.square(factors.inv_norm)
         return cls(factors, upstream * factors.inv_norm, along)
 
-    @property
-    def shape(self):
-        return self.factors.weight.shape
-
     def times(self, factor) -> RowGradient:
         factor = tf.convert_to_tensor(factor, tf.float32)
         total = factor if self.factor is None else self.factor * factor
