@@ -61,6 +61,7 @@ def _check_written(written) -> tf.Operation:
     with tf.control_dependencies([tensor for _, tensor, _ in written]):
         again = {id(v): tf.reshape(tf.raw_ops.ReadVariableOp(resource=v.handle, dtype=v.dtype), [-1])
                  for v, _, _ in written}
+
     def bits(value):  # compared as bits: NaN == NaN
         return tf.bitcast(value, _SAME_SIZE_INT[value.dtype.size])
 

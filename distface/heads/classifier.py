@@ -5,6 +5,8 @@ like the backbone's. It is the single-device head and the baseline the sharded h
 and tested against.
 """
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -80,7 +82,7 @@ class HeadOutput(NamedTuple):
     angles: tuple  # margins.AngleSums over the head's columns (summed across replicas by the loop)
     target_degrees: tf.Tensor  # [b] the examples' target angles θ_y in degrees (for a histogram)
     # {name: RowFactors}: sharded blocks whose gradient the trainer takes at their scores (heads/row_gradient.py)
-    row_factors: dict = {}
+    row_factors: Mapping = MappingProxyType({})
 
 
 ANGLE_COLUMNS = 1024  # columns of a block whose non-target angles are averaged for monitoring
