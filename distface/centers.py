@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from distface.heads.sharded import block_labels, block_size
 from distface.losses.center import center_stats, center_update, count_labels
+from distface.ops import variables
 
 CENTER_SHARDINGS = ("auto", "replicated", "sharded")  # loss.center_sharding
 
@@ -89,8 +90,7 @@ class ShardedCenters:
 
 
 def _scatter_sub_rows(var, values, indices):
-    # Through the handle: a per-replica (ON_READ) block has no scatter methods of its own.
-    tf.raw_ops.ResourceScatterSub(resource=var.handle, indices=indices, updates=values)
+    variables.scatter_sub(var, indices, values)
 
 
 CENTER_PLACEMENTS = {"replicated": ReplicatedCenters, "sharded": ShardedCenters}

@@ -108,6 +108,9 @@ class OptimConfig:
     # Partial FC (head.sample_rate < 1): dense decays every row of the block each step (the published recipe),
     # lazy updates only the sampled rows and their momentum (a step costs the sampled work alone)
     head_update: str = "dense"
+    # a full sharded block's update: auto computes and writes it a range of rows at a time in the block's own buffer
+    # (no block-sized gradient), off applies the dense gradient (the reference; more memory, fewer kernels)
+    head_update_in_place: typing.Literal["auto", "off"] = "auto"
 
 
 @dataclass
@@ -218,9 +221,12 @@ def _coerce(value, kind, key: str):
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is typing.Literal:  # a choice of strings; YAML reads true/false as booleans, which name the same
+    if origin is typing.Literal:  # a choice of strings
         choices = typing.get_args(kind)
-        text = str(value).lower() if isinstance(value, bool) else value
+        text = value
+        if isinstance(value, bool):  # YAML 1.1 reads a bare true / false, on / off, yes / no as a bool
+            spellings = ("true", "on", "yes") if value else ("false", "off", "no")
+            text = next((t for t in spellings if t in choices), spellings[0])
         if text not in choices:
             raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
         return text

@@ -120,11 +120,11 @@ def _onnx(module, directory: Path) -> None:
 
 def _tflite(module, directory: Path) -> None:
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    # Frozen first: converted with its variables, the model reads them as uninitialised resources (NaN out).
-    frozen = convert_variables_to_constants_v2(module.embed_float.get_concrete_function())
-    (directory / MODEL_FILES["tflite"]).write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert())
+    from distface.ops.graphs import frozen
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen(module.embed_float.get_concrete_function())])
+    (directory / MODEL_FILES["tflite"]).write_bytes(converter.convert())
 
 
 WRITERS = {"savedmodel": _savedmodel, "onnx": _onnx, "tflite": _tflite}

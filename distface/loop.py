@@ -12,8 +12,8 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from distface.config import Config
-from distface.heads.row_gradient import RowGradient
-from distface.row_chunks import chunked_sum
+from distface.ops.row_gradient import RowGradient
+from distface.ops.row_chunks import chunked_sum
 from distface.state import REPLICATED, SHARDED, TrainState
 
 LOSS_SCALE_PERIOD = 2000  # good float16 steps before the loss scale doubles
@@ -22,6 +22,7 @@ LOSS_SCALE_PERIOD = 2000  # good float16 steps before the loss scale doubles
 class StepMetrics(NamedTuple):
     scalars: dict  # name -> float32 scalar, already reduced over replicas
     histograms: dict  # name -> the global batch's values
+    in_place_misses: tf.Tensor  # block updates that did not reach their variable, over replicas (ops/rows_in_place)
 
 
 class Trainer(tf.Module):
@@ -60,10 +61,11 @@ class Trainer(tf.Module):
         live = state.counters["bad_streak"] < cfg.train.max_bad_steps
         if cfg.optim.clip_norm > 0:
             grads = self._clip(grads)
-        self.optimizer.apply(grads, self.variables_by_group, state.slots, state.step, ok & live)
+        apply = ok & live  # one predicate for every branch on it: one copy to the host per step on a GPU
+        misses = self.optimizer.apply(grads, self.variables_by_group, state.slots, state.step, apply)
         for var, before in zip(state.backbone.non_trainable_variables, moving):
-            var.assign(tf.where(ok & live, var, before))
-        self.objective.after_update(runtime, embeddings, labels, ok & live)
+            var.assign(tf.where(apply, var, before))
+        self.objective.after_update(runtime, embeddings, labels, apply)
         self._count_step(ok, live)
 
         counters = state.counters
@@ -73,13 +75,15 @@ class Trainer(tf.Module):
         if loss_scale is not None:
             ratios["train/loss_scale"] = (loss_scale, 1.0)
         names = sorted(ratios)
-        totals = collectives.all_reduce_sum(tf.stack([tf.cast(v, tf.float32) for n in names for v in ratios[n]]))
+        totals = collectives.all_reduce_sum(tf.stack([tf.cast(v, tf.float32) for n in names for v in ratios[n]]
+                                                     + [misses]))
         scalars = {n: totals[2 * i] / tf.maximum(totals[2 * i + 1], 1e-12) for i, n in enumerate(names)}
-        return StepMetrics(scalars, {n: collectives.all_gather(v) for n, v in metrics.histograms.items()})
+        return StepMetrics(scalars, {n: collectives.all_gather(v) for n, v in metrics.histograms.items()},
+                           totals[-1])
 
     def _gradients(self, tape, loss, row_factors) -> dict:
         """The tape's gradients by group. A block with row factors is differentiated at its scores instead: its
-        gradient is a RowGradient (heads/row_gradient.py), and its dense gradient is never computed."""
+        gradient is a RowGradient (ops/row_gradient.py), and its dense gradient is never computed."""
         sharded = self.variables_by_group[SHARDED]
         sources = {REPLICATED: self.variables_by_group[REPLICATED],
                    SHARDED: {n: row_factors[n].scores if n in row_factors else v for n, v in sharded.items()}}
@@ -190,6 +194,7 @@ def train_loop(trainer: Trainer, batches, checkpointer, evaluate, monitor, bad_r
             _report_bad_records(bad_records, monitor, step, trainer.runtime.is_chief)
         if log or evaluation or step % guard_every == 0:
             _check_streak(trainer, checkpointer, cfg.max_bad_steps)
+            _check_in_place(trainer, metrics)
         if checkpoint:
             checkpointer.save(step)
             saved = step
@@ -222,6 +227,17 @@ def _report_bad_records(bad_records, monitor, step: int, is_chief: bool) -> None
         print(f"distface: {line}", file=sys.stderr, flush=True)
     if is_chief:
         monitor.scalars(step, {"data/skipped_records": bad_records.count})
+
+
+def _check_in_place(trainer: Trainer, metrics: StepMetrics) -> None:
+    """Stops the run if this step's in-place block updates missed their variables. Read with the streak, not every
+    step (no host sync per step): every known cause (ops/rows_in_place.NOT_IN_PLACE) holds from the step it
+    starts on, so the step read sees it, and a missed write leaves the block unchanged rather than corrupt."""
+    if float(metrics.in_place_misses) > 0:
+        from distface.ops.rows_in_place import NOT_IN_PLACE
+
+        names = ", ".join(trainer.variables_by_group[SHARDED]) or "the head"
+        raise TrainingStopped(f"stopped: {NOT_IN_PLACE.format(names=names)}")
 
 
 def _check_streak(trainer: Trainer, checkpointer, max_bad_steps: int) -> None:

@@ -5,7 +5,7 @@ center loss) or triplet loss. Each objective owns its variables, its loss, the b
 An objective's loss is this replica's PARTIAL loss (engine.py's convention) with its metrics: `ratios` are reported
 as the sum over replicas of the numerators over the sum of the denominators (a replica's share of a global mean
 has denominator 1/N), `histograms` are gathered from every replica; and the row factors of the sharded blocks
-whose gradient is taken at their scores (heads/row_gradient.py), by trainable name.
+whose gradient is taken at their scores (ops/row_gradient.py), by trainable name.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ import math
 import tensorflow as tf
 
 from distface.config import OptimConfig
-from distface.heads.row_gradient import RowGradient
-from distface import rows_in_place
+from distface.ops import rows_in_place, variables
+from distface.ops.row_gradient import RowGradient
 
 
 class WarmupSchedule:
@@ -51,12 +51,13 @@ class MomentumSGD:
     runtime applies the update on every replica's copy. The learning rate is a function of the state's step.
 
     A head block can hold millions of rows, so the update is made of TensorFlow's fused in-place training ops
-    (one multi-threaded pass each, no block-sized temporaries of the rule's terms); a sparse gradient (Partial FC's
-    sampled rows, tf.IndexedSlices) is scattered into its rows. With a sparse gradient, `head_update="dense"` still
+    (one multi-threaded pass each, no block-sized temporaries of the rule's terms), each with a GPU kernel
+    (tests/test_gpu_kernels.py); a sparse gradient (Partial FC's sampled rows, tf.IndexedSlices) is scattered into
+    its rows. With a sparse gradient, `head_update="dense"` still
     decays every row's momentum and weight (the rule above with g = 0 off the sampled rows: what the published
     Partial FC results used), `"lazy"` updates only the sampled rows and their momentum (as TensorFlow's sparse
     optimizers do), so a step costs the sampled work alone. A full block's gradient arrives as a RowGradient
-    (heads/row_gradient.py, never materialised): the rule is applied to CHUNK_ROWS rows at a time, written in place.
+    (ops/row_gradient.py, never materialised): the rule is applied to CHUNK_ROWS rows at a time, written in place.
     """
 
     def __init__(self, cfg: OptimConfig, total_steps: int, runtime):
@@ -65,6 +66,7 @@ class MomentumSGD:
         self.momentum = cfg.momentum
         self.weight_decay = cfg.weight_decay
         self.lazy = cfg.head_update == "lazy"
+        self.in_place = cfg.head_update_in_place == "auto"
         self.runtime = runtime
 
     def build(self, trainable: dict) -> dict:
@@ -77,44 +79,45 @@ class MomentumSGD:
                    for name, v in trainable["sharded"].items()}
         return {"replicated": replicated, "sharded": sharded}
 
-    def apply(self, grads: dict, variables: dict, slots: dict, step, ok=True) -> None:
+    def apply(self, grads: dict, params: dict, slots: dict, step, ok=True) -> tf.Tensor:
         """One update of every variable with a gradient (the three dicts share their names); where `ok` is False
-        (a non-finite step) every variable and slot keeps its value."""
+        (a non-finite step) every variable and slot keeps its value. Returns how many in-place block updates did
+        not reach their variable (ops/rows_in_place.py: 0 unless something put a block in copy-on-read mode)."""
         lr = self.schedule(step)
         ok = tf.convert_to_tensor(ok)
-        for group in variables:
-            for name, var in variables[group].items():
+        misses = []
+        for group in params:
+            for name, var in params[group].items():
                 grad = grads[group][name]
                 if grad is not None:
-                    self.runtime.update(var, self._update, slots[group][name], grad, lr, ok)
+                    misses.append(self.runtime.update(var, self._update, slots[group][name], grad, lr, ok))
+        return tf.add_n([m for m in misses if m is not None] or [tf.constant(0.0)])
 
-    def _update(self, var, slot, grad, lr, ok):
-        # Raw ops on the handles: a per-replica (ON_READ) block has no scatter methods of its own.
+    def _update(self, var, slot, grad, lr, ok) -> tf.Tensor:
         def step():
             lr_ = tf.cast(lr, var.dtype)
-            if isinstance(grad, RowGradient) and rows_in_place.available():
-                self._stream_rows(var, slot, grad, lr_)
-            elif not isinstance(grad, tf.IndexedSlices):
-                dense = grad.whole() if isinstance(grad, RowGradient) else grad  # inside XLA: its own buffers
-                tf.raw_ops.ResourceApplyKerasMomentum(var=var.handle, accum=slot.handle, lr=lr_,
-                                                      grad=tf.cast(dense, var.dtype), momentum=self.momentum)
-                if self.weight_decay:
-                    _decay_after_momentum(var, slot, lr_ * self.weight_decay)
+            if isinstance(grad, RowGradient) and self.in_place and rows_in_place.available():
+                return self._stream_rows(var, slot, grad, lr_)
+            if not isinstance(grad, tf.IndexedSlices):
+                dense = grad.whole() if isinstance(grad, RowGradient) else grad  # XLA, or in place off
+                if self.weight_decay:  # decoupled: w <- (1 - lr*wd) w before the momentum step, as Keras does
+                    variables.decay(var, lr_ * self.weight_decay)
+                variables.keras_momentum(var, slot, lr_, tf.cast(dense, var.dtype), self.momentum)
             elif self.lazy:
                 self._rows(var, slot, grad.indices, tf.cast(grad.values, var.dtype), lr_)
             else:  # every row decays (g = 0), then the sampled rows' -lr*g enters momentum and, through w + m, w
                 self._all_rows_without_gradient(var, slot, lr_)
                 step_rows = tf.cast(grad.values, var.dtype) * lr_
                 for target in (slot, var):
-                    tf.raw_ops.ResourceScatterSub(resource=target.handle, indices=grad.indices, updates=step_rows)
-            return tf.constant(True)
+                    variables.scatter_sub(target, grad.indices, step_rows)
+            return tf.constant(0.0)
 
         # The guard: a non-finite step changes nothing (tf.cond, so no copy of the block is made to keep it).
-        tf.cond(ok, step, lambda: tf.constant(False))
+        return tf.cond(ok, step, lambda: tf.constant(0.0))
 
-    def _stream_rows(self, var, slot, grad, lr):
+    def _stream_rows(self, var, slot, grad, lr) -> tf.Tensor:
         """The rule over every row of a block whose gradient is never materialised (RowGradient): each range of rows
-        gets its gradient, then its update written in place."""
+        gets its gradient, then its update written in place. Returns rows_in_place's count of missed writes."""
         momentum, decay = tf.constant(self.momentum, var.dtype), lr * self.weight_decay
 
         @tf.function(jit_compile=True)  # the rows' gradient and rule in one fused pass, no temporaries of its terms
@@ -122,7 +125,7 @@ class MomentumSGD:
             m = momentum * m - lr * grad.rows(lo, w)
             return w - decay * w + m, m
 
-        rows_in_place.update_rows([var, slot], rule)
+        return rows_in_place.update_rows([var, slot], rule)
 
     def _all_rows_without_gradient(self, var, slot, lr):
         """The rule with g = 0 over every row, CHUNK_ROWS rows at a time through gather and scatter: once rows of
@@ -138,23 +141,10 @@ class MomentumSGD:
 
     def _rows(self, var, slot, rows, grad, lr):
         """The rule on the given rows only (grad None: g = 0): gather them, update, scatter back."""
-        w = tf.raw_ops.ResourceGather(resource=var.handle, indices=rows, dtype=var.dtype)
-        m = self.momentum * tf.raw_ops.ResourceGather(resource=slot.handle, indices=rows, dtype=slot.dtype)
+        w = variables.gather(var, rows)
+        m = self.momentum * variables.gather(slot, rows)
         if grad is not None:
             m -= lr * grad
-        tf.raw_ops.ResourceScatterUpdate(resource=slot.handle, indices=rows, updates=m)
-        tf.raw_ops.ResourceScatterUpdate(resource=var.handle, indices=rows, updates=w - lr * self.weight_decay * w + m)
+        variables.scatter_update(slot, rows, m)
+        variables.scatter_update(var, rows, w - lr * self.weight_decay * w + m)
 
-
-def _decay_after_momentum(var, slot, decay):
-    """The decoupled decay w0 <- (1 - decay) w0 made after ResourceApplyKerasMomentum set w = w0 + m: then
-    w <- (1 - decay) w + decay m. ResourceApplyProximalGradientDescent computes w <- (w - alpha delta) / (1 + alpha l2),
-    which is that for delta = m, alpha = -decay / (1 - decay), l2 = -1: one in-place pass that reads m only.
-    (Scaling w by an op that reads w itself, as before, makes TensorFlow copy the whole block first.)"""
-    alpha = -decay / (1.0 - decay)
-    tf.raw_ops.ResourceApplyProximalGradientDescent(var=var.handle, alpha=alpha, l1=tf.zeros([], var.dtype),
-                                                    l2=-tf.ones([], var.dtype), delta=_read(slot))
-
-
-def _read(var):
-    return tf.raw_ops.ReadVariableOp(resource=var.handle, dtype=var.dtype)

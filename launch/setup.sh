@@ -2,23 +2,47 @@
 # Creates .venv and installs distface, its pinned dependencies and Horovod (Gloo, CPU or GPU).
 # Idempotent: a second run with nothing changed takes a few seconds.
 #   VENV=.venv             where the virtualenv lives
-#   DISTFACE_TF=tensorflow-cpu   use "tensorflow[and-cuda]" on CUDA machines
+#   DISTFACE_TF=tensorflow  the TensorFlow wheel: "tensorflow" carries CPU and GPU kernels (one wheel for both);
+#                           "tensorflow[and-cuda]" adds NVIDIA's CUDA libraries on GPU machines
 #   DISTFACE_NO_HOROVOD=1  skip Horovod (single/mirrored/multiworker engines still work)
 #   DISTFACE_WHEEL_CACHE   where the built Horovod wheel is kept (default ~/.cache/distface/wheels)
+#   DISTFACE_HOROVOD_GPU   1: build Horovod's GPU collectives (NCCL), 0: never, unset: where they can be built
+# Horovod gets NCCL only where a GPU build can succeed and run: CUDA's compiler in $CUDA_HOME/bin (default
+# /usr/local/cuda), NCCL's header and library (the system's libnccl-dev, as in the Dockerfile, or HOROVOD_NCCL_HOME)
+# and the NVIDIA driver (libcuda.so.1). nvcc alone is not enough (CI machines have it without NCCL or a GPU), nor is
+# DISTFACE_TF alone: the build compiles against the machine's toolkit and NCCL, not TensorFlow's pip-installed CUDA
+# libraries. Everywhere else Horovod is built with Gloo only (CPU collectives).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
-TF_PKG=${DISTFACE_TF:-tensorflow-cpu}
+TF_PKG=${DISTFACE_TF:-tensorflow}
 TF_VERSION=2.21.0
 HOROVOD_VERSION=0.28.1
 CACHE=${DISTFACE_WHEEL_CACHE:-$HOME/.cache/distface/wheels}
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+
+nccl_buildable() {
+  local libs; libs=$(PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null || true)
+  [ -x "$CUDA_HOME/bin/nvcc" ] && grep -q 'libcuda\.so\.1 ' <<< "$libs" || return 1
+  if [ -n "${HOROVOD_NCCL_HOME:-}" ]; then
+    [ -f "$HOROVOD_NCCL_HOME/include/nccl.h" ] && compgen -G "$HOROVOD_NCCL_HOME/lib*/libnccl*" >/dev/null
+  else
+    { [ -f /usr/include/nccl.h ] || [ -f "$CUDA_HOME/include/nccl.h" ]; } && grep -q 'libnccl\.so ' <<< "$libs"
+  fi
+}
+
+case "${DISTFACE_HOROVOD_GPU:-auto}" in
+  1) HOROVOD_GPU=NCCL ;;
+  0) HOROVOD_GPU=CPU ;;
+  *) if nccl_buildable; then HOROVOD_GPU=NCCL; else HOROVOD_GPU=CPU; fi ;;
+esac
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 
 stamp="$VENV/.distface-setup"
-want="$(cat setup.py launch/setup.sh | sha256sum | cut -c1-16) $TF_PKG ${DISTFACE_NO_HOROVOD:-0}"
+want="$(cat setup.py launch/setup.sh | sha256sum | cut -c1-16) $TF_PKG ${DISTFACE_NO_HOROVOD:-0} $HOROVOD_GPU"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: $VENV is up to date"
   exit 0
@@ -49,22 +73,38 @@ build_horovod_wheel() {
   fi
   rm -f "$probe"
   "$PY" -m pip install --quiet cloudpickle psutil pyyaml packaging cffi
-  echo "setup: building Horovod $HOROVOD_VERSION with Gloo (about 6 minutes on 2 cores)"
+  local gpu_build=() collectives=Gloo
+  if [ "$HOROVOD_GPU" = NCCL ]; then
+    gpu_build=(HOROVOD_GPU_OPERATIONS=NCCL) collectives="Gloo and NCCL"
+    [ -d "$CUDA_HOME" ] && gpu_build+=("HOROVOD_CUDA_HOME=$CUDA_HOME")
+  fi
+  echo "setup: building Horovod $HOROVOD_VERSION with $collectives (about 6 minutes on 2 cores)"
   mkdir -p "$CACHE"
-  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
-    HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
+  env "${gpu_build[@]}" HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
     "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$CACHE" "$src"
   rm -rf "$work"
 }
 
 if [ "${DISTFACE_NO_HOROVOD:-0}" != 1 ]; then
-  # The wheel is ABI-tied to the TF build it was compiled against: key the cache by TF package.
+  # The wheel is ABI-tied to the TF build it was compiled against: key the cache by TF package. A NCCL build is
+  # another wheel (and tied to its CUDA release); the Gloo-only one keeps the folder it always had.
   CACHE="$CACHE/$TF_PKG-$TF_VERSION"
-  if ! "$PY" -c 'import horovod.tensorflow' 2>/dev/null; then
+  if [ "$HOROVOD_GPU" = NCCL ]; then
+    CACHE="$CACHE-nccl-cuda$("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')"
+  fi
+  # The installed Horovod must have the collectives wanted here (DISTFACE_HOROVOD_GPU or the machine may change).
+  check='import sys, horovod.tensorflow as hvd
+assert hvd.gloo_built(), "horovod built without Gloo"
+nccl = bool(hvd.nccl_built())
+assert nccl == (sys.argv[1] == "NCCL"), f"horovod built with NCCL: {nccl}; wanted {sys.argv[1]} collectives"'
+  if ! "$PY" -c "$check" "$HOROVOD_GPU" 2>/dev/null; then
     ls "$CACHE"/horovod-$HOROVOD_VERSION-*.whl >/dev/null 2>&1 || build_horovod_wheel
+    # A build with the other collectives goes first: pip would keep an installed horovod of the same version.
+    if "$PY" -m pip show --quiet horovod 2>/dev/null; then "$PY" -m pip uninstall --quiet --yes horovod; fi
     "$PY" -m pip install --quiet "$CACHE"/horovod-$HOROVOD_VERSION-*.whl
   fi
-  "$PY" -c 'import horovod.tensorflow as hvd; assert hvd.gloo_built(), "horovod built without Gloo"'
+  "$PY" -c "$check" "$HOROVOD_GPU"
 fi
 
 echo "$want" > "$stamp"

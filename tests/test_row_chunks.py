@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distface import row_chunks
+from distface.ops import row_chunks
 from distface.heads.classifier import inverse_row_norms
 from distface.loop import _non_finite_count, _square_sum
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from equivalence import HEADS, build, full_weight, loss_and_grads, make_config, make_problem, train
-from distface import row_chunks, rows_in_place
-from distface.heads import row_gradient
+from distface.ops import row_chunks, rows_in_place
+from distface.ops import row_gradient
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from distface.ops.image import projective_transform
+
 POLICIES = ("none", "faces")
 
 # faces policy parameters
@@ -92,15 +94,7 @@ def rotate(image: tf.Tensor, angle: tf.Tensor | float) -> tf.Tensor:
     cx = (tf.cast(shape[1], tf.float32) - 1.0) / 2.0
     c, s = tf.cos(angle), tf.sin(angle)
     # output (x, y) samples input (c*x - s*y + tx, s*x + c*y + ty): a rotation about (cx, cy)
-    return _transform(image, [c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])
-
-
-def _transform(image: tf.Tensor, params) -> tf.Tensor:
-    shape = tf.shape(image)
-    transform = tf.cast(tf.stack(params), tf.float32)[None]
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform, output_shape=shape[:2], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="NEAREST")[0]
+    return projective_transform(image, [c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])
 
 
 def random_brightness_contrast(image: tf.Tensor, bright_seed: tf.Tensor, contrast_seed: tf.Tensor,

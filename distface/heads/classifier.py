@@ -13,10 +13,10 @@ import tensorflow as tf
 
 from distface.config import HeadConfig
 from distface.heads.margins import AngleSums, make_margin, target_angles, target_degrees
-from distface.heads.row_gradient import RowFactors, RowGradient
+from distface.ops.row_gradient import RowFactors, RowGradient
 from distface.losses.cross_entropy import margin_softmax_cross_entropy
 from distface.parallel.single import SingleCollectives
-from distface.row_chunks import map_row_chunks
+from distface.ops.row_chunks import map_row_chunks
 
 
 def margin_from_config(cfg: HeadConfig):
@@ -33,7 +33,7 @@ def initial_weight(rows: int, embedding_size: int, seed) -> tf.Tensor:
 
 def block_scores(kind: str, weight, bias, embeddings) -> tuple[tf.Tensor, RowFactors]:
     """[B, C_block] float32: cos(x, w_j) for margin heads, x.w_j + b_j for plain softmax; and the factors of the
-    block's weight gradient (heads/row_gradient.py)."""
+    block's weight gradient (ops/row_gradient.py)."""
     x = tf.cast(embeddings, tf.float32)
     weight = tf.convert_to_tensor(weight)  # a variable's read: no copy
     if kind == "softmax":
@@ -81,7 +81,7 @@ class HeadOutput(NamedTuple):
     loss: tf.Tensor  # [b] per-example loss of this replica's examples
     angles: tuple  # margins.AngleSums over the head's columns (summed across replicas by the loop)
     target_degrees: tf.Tensor  # [b] the examples' target angles θ_y in degrees (for a histogram)
-    # {name: RowFactors}: sharded blocks whose gradient the trainer takes at their scores (heads/row_gradient.py)
+    # {name: RowFactors}: sharded blocks whose gradient the trainer takes at their scores (ops/row_gradient.py)
     row_factors: Mapping = MappingProxyType({})
 
 

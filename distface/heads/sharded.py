@@ -73,7 +73,7 @@ class ShardedHead(tf.Module):
         block_degrees = target_degrees(scores, columns)
         # Distribution: each row's target lives in one block, so the sum over replicas is its angle.
         degrees = collectives.all_reduce_sum(block_degrees)
-        # A full block's gradient is applied a range of rows at a time (heads/row_gradient.py); a sampled
+        # A full block's gradient is applied a range of rows at a time (ops/row_gradient.py); a sampled
         # one's is sparse rows already.
         row_factors = {"weight": factors} if self.sample_rate == 1.0 else {}
         return HeadOutput(tf.gather(loss, own), angle_sums(scores, columns, block_degrees, valid),

@@ -4,10 +4,10 @@ collectives, so every replica normalises with the same statistics and keeps the 
 Why our own layer: Keras 3's `BatchNormalization(synchronized=True)` all-reduces through the tf.distribute replica
 context, which Horovod does not have (there it silently keeps per-replica statistics), and Horovod's
 `SyncBatchNormalization` is written against Keras 2 (`fused=`, `_moments(inputs, axes, keep_dims)`; Keras 3
-rejects both) and averages per-rank means, which is wrong for unequal local batches. This layer overrides only
-Keras 3's `_moments`: one all-reduce SUM of [Σx, Σx², count] in float32 (also under mixed precision: Keras casts
-BatchNorm's inputs to float32 first), then mean = Σx / n, var = Σx² / n − mean². Everything else (γ, β, moving
-averages, inference) is Keras' own.
+rejects both) and averages per-rank means, which is wrong for unequal local batches. This layer replaces only the
+batch statistics (Keras 3's private `_moments`, opened in ops/keras_layers.py): one all-reduce SUM of
+[Σx, Σx², count] in float32 (also under mixed precision: Keras casts BatchNorm's inputs to float32 first), then
+mean = Σx / n, var = Σx² / n − mean². Everything else (γ, β, moving averages, inference) is Keras' own.
 
 Gradients: under engine.py's convention (each replica's partial loss, gradients summed), `all_reduce_sum`
 differentiates to the all-reduce SUM of the upstream gradients, so each replica's input gradient includes every
@@ -19,22 +19,21 @@ the built model. Checkpoints keep Keras' variable names, so a plain backbone (ev
 import keras
 import tensorflow as tf
 
+from distface.ops.keras_layers import BatchNormalizationWithStatistics
 
-class SyncBatchNormalization(keras.layers.BatchNormalization):
+
+class SyncBatchNormalization(BatchNormalizationWithStatistics):
     """keras.layers.BatchNormalization with its training statistics summed over `collectives` (engine.py)."""
 
     def __init__(self, collectives, **kwargs):
         super().__init__(**kwargs)
         self.collectives = collectives
 
-    def _moments(self, inputs, mask):
-        if mask is not None:
-            raise ValueError(f"{self.name}: synchronized BatchNorm does not take a mask")
+    def batch_statistics(self, inputs, axes):
         x = tf.cast(inputs, tf.float32)
         channels = x.shape[self.axis]
         count = tf.cast(tf.size(x) // channels, tf.float32)
-        local = tf.concat([tf.reduce_sum(x, self._reduction_axes), tf.reduce_sum(tf.square(x), self._reduction_axes),
-                           count[tf.newaxis]], axis=0)
+        local = tf.concat([tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count[tf.newaxis]], axis=0)
         # Distribution: the statistics of the global batch (one collective for all three sums).
         total, total_squares, n = tf.split(self.collectives.all_reduce_sum(local), [channels, channels, 1])
         mean = total / n

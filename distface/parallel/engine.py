@@ -111,10 +111,12 @@ class Runtime(abc.ABC):
         """Sum replicated-variable gradients (any nest; None stays None) across replicas."""
         return grads
 
-    def update(self, var, fn, *args) -> None:
+    def update(self, var, fn, *args):
         """Apply `fn(var, *args)` in place on every local copy of `var` (args identical across replicas for a
-        replicated variable, the replica's own for a sharded one). `fn` runs per copy, so it may branch (tf.cond)."""
-        fn(var, *args)
+        replicated variable, the replica's own for a sharded one). `fn` runs per copy, so it may branch (tf.cond).
+        Returns fn's result where it runs once, in this replica (a sharded block, or any variable of a
+        one-copy engine); None where a merge applies it to every copy."""
+        return fn(var, *args)
 
     def assign(self, var, value) -> None:
         """var = value on every copy (value identical across replicas for a replicated variable)."""

@@ -7,6 +7,7 @@ import functools
 
 import tensorflow as tf
 
+from distface.ops.variables import tf_variable
 from distface.parallel.engine import Collectives, Runtime
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -14,11 +15,6 @@ SUM = tf.distribute.ReduceOp.SUM
 
 def _ctx():
     return tf.distribute.get_replica_context()
-
-
-def _tf_variable(var):
-    """The tf.Variable behind a Keras 3 variable (the distributed container under a strategy)."""
-    return getattr(var, "value", var) if not isinstance(var, tf.Variable) else var
 
 
 class StrategyCollectives(Collectives):
@@ -51,7 +47,7 @@ class StrategyCollectives(Collectives):
         # Distribution: tf.gather on an ON_READ variable reads the replica's whole component first (ReadVariableOp,
         # then GatherV2); the component itself gathers only the rows, and the tape still reaches the variable
         # (in a replica context its handle is the component's).
-        local = self.strategy.experimental_local_results(_tf_variable(var))
+        local = self.strategy.experimental_local_results(tf_variable(var))
         replica = tf.get_static_value(_ctx().replica_id_in_sync_group)  # a constant in each replica's trace
         return tf.gather(local[replica % len(local)], rows)  # every worker runs the same number of replicas
 
@@ -117,10 +113,9 @@ class StrategyEngine(Runtime):
                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     def update(self, var, fn, *args):
-        var = _tf_variable(var)
+        var = tf_variable(var)
         if var.synchronization == tf.VariableSynchronization.ON_READ:
-            fn(var, *args)  # a sharded block: the replica updates its own component
-            return
+            return fn(var, *args)  # a sharded block: the replica updates its own component
 
         # Distribution: a mirrored variable changes only in the cross-replica context; each device's copy gets
         # fn with that device's args.

@@ -3,7 +3,7 @@
 The sharded head's block holds millions of rows; its dense gradient would be one more block in memory, the largest
 temporary of the step. Its rows are cheap to recompute from what the forward and the tape already hold, so the
 trainer takes the gradient at the block's scores instead (`RowFactors.scores`, a tape source) and the optimizer
-applies it range by range (distface/rows_in_place.py). With g = dL/dscores [B, C] and the block's read W:
+applies it range by range (distface/ops/rows_in_place.py). With g = dL/dscores [B, C] and the block's read W:
 - margin heads (scores = cos(x_i, w_j), classifier.cosine_to_rows): dW = S^T x - along ⊙ W, S = g / |w|,
   along_j = Σ_i g_ij cos_ij / |w_j|^2;
 - plain softmax (scores = x w_j^T): dW = g^T x.
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from distface.row_chunks import CHUNK_ROWS, chunked_sum
+from distface.ops.row_chunks import CHUNK_ROWS, chunked_sum
 
 # The non-finite guard proves a gradient finite from bounds of its factors below this (a 4x margin for rounding).
 _FINITE_BOUND = float(tf.float32.max) / 4

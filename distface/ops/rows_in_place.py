@@ -1,6 +1,6 @@
 """Variables of millions of rows rewritten in their own buffers, CHUNK_ROWS rows at a time.
 
-A head block's update from a gradient that is never materialised (heads/row_gradient.py) is computed and written
+A head block's update from a gradient that is never materialised (ops/row_gradient.py) is computed and written
 one range of rows at a time. TensorFlow's row writes to a variable (ResourceScatterUpdate, ResourceStridedSliceAssign)
 switch it to copy-on-read mode, where every whole read copies it (the forward's matmul reads it whole), so they are
 not used: the variable is read (ReadVariableOp: outside that mode, an alias of its buffer, no copy) and the read
@@ -8,17 +8,23 @@ is written through with InplaceUpdate, which writes into its input's buffer. The
 while they are written: the caller orders the update after every use of the step's reads (the optimizer's update
 runs behind the guard, which depends on every gradient).
 
-If the variable was in copy-on-read mode after all, its read is a copy and the writes would be lost: a re-read
-after the writes checks that they reached the variable, and the step fails if they did not. Inside an XLA-compiled
-function reads and writes are XLA's own buffers (and asserts vanish): there the caller must not use this.
+If the writes did not reach the variable after all (see NOT_IN_PLACE), they are lost: a re-read after the writes
+compares the last element written, and `update_rows` returns the count of writes that missed. That count is a
+tensor the step reports, not an assert: an assert would copy its operands to the host and stall a GPU every step.
+Inside an XLA-compiled function reads and writes are XLA's own buffers: there the caller must not use this.
+
+TensorFlow behaviour relied on (each pinned in tests/test_ops_assumptions.py):
+- ReadVariableOp returns an alias of the variable's buffer unless the variable is in copy-on-read mode;
+- ResourceGather / ResourceScatter* switch a variable to copy-on-read mode for good;
+- InplaceUpdate writes into its input's buffer (it does not copy a buffer that other tensors share);
+- reshape aliases, and so does a 1-D slice whose ends are 64-byte aligned (Eigen's alignment);
+- control_flow_util.GraphOrParentsInXlaContext tells a trace inside jit_compile.
 """
 import tensorflow as tf
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 
-from distface.row_chunks import CHUNK_ROWS
-
-_SAME_SIZE_INT = {2: tf.int16, 4: tf.int32, 8: tf.int64}
+from distface.ops.row_chunks import CHUNK_ROWS
 
 
 def available() -> bool:
@@ -26,9 +32,20 @@ def available() -> bool:
     return not control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
 
 
-def update_rows(variables, fn) -> tf.Operation:
+NOT_IN_PLACE = (
+    "an in-place row update of {names} did not reach the variable; known causes: (1) the variable is in "
+    "TensorFlow's copy-on-read mode (a tf.gather, scatter or sparse update touched it: use collectives.gather_rows "
+    "and ops/variables.py only on blocks written in place); (2) XLA auto-clustering (TF_XLA_FLAGS="
+    "--tf_xla_auto_jit) compiled the update, whose buffers are then XLA's own; (3) a chunk whose ends are not "
+    "64-byte aligned, so its slice is a copy (ops/row_chunks.CHUNK_ROWS changed). "
+    "Set optim.head_update_in_place: off to train with the plain dense update")
+
+
+def update_rows(variables, fn) -> tf.Tensor:
     """variables' rows [lo, lo + n) <- fn(lo, *their rows) for consecutive ranges of CHUNK_ROWS rows (n fewer
-    for the last); the variables share their shape [rows, width], fn returns one new [n, width] per variable."""
+    for the last); the variables share their shape [rows, width], fn returns one new [n, width] per variable.
+    Returns how many of its writes did not reach their variable (float32; 0 when all did): per variable, one for
+    its whole chunks and one for its last rows."""
     if not available():
         raise RuntimeError("in-place row updates cannot run inside an XLA-compiled function (check available())")
     rows, width = variables[0].shape
@@ -55,17 +72,15 @@ def update_rows(variables, fn) -> tf.Operation:
     return _check_written(written)
 
 
-def _check_written(written) -> tf.Operation:
-    """Fails unless every tensor written is a view of its variable's buffer: its last element, read again from
-    the variable after all the writes, must be the one written."""
+def _check_written(written) -> tf.Tensor:
+    """How many tensors written are not views of their variable's buffer (float32): the last element of each, read
+    again from the variable after all the writes, must be the one written (NaN matches NaN)."""
     with tf.control_dependencies([tensor for _, tensor, _ in written]):
         again = {id(v): tf.reshape(tf.raw_ops.ReadVariableOp(resource=v.handle, dtype=v.dtype), [-1])
                  for v, _, _ in written}
 
-    def bits(value):  # compared as bits: NaN == NaN
-        return tf.bitcast(value, _SAME_SIZE_INT[value.dtype.size])
+    def missed(read, wrote):  # float comparisons: an int32 one would run on the host (a copy back per step)
+        return tf.cast(~((read == wrote) | (tf.math.is_nan(read) & tf.math.is_nan(wrote))), tf.float32)
 
-    return tf.group([tf.debugging.assert_equal(
-        bits(again[id(var)][position]), bits(tf.reshape(tensor, [-1])[-1]),
-        message=f"{var.name}: an in-place row update did not reach the variable (it is in TensorFlow's "
-                "copy-on-read mode: a gather or scatter has touched it)") for var, tensor, position in written])
+    return tf.add_n([missed(again[id(var)][position], tf.reshape(tensor, [-1])[-1])
+                     for var, tensor, position in written])
