@@ -3,6 +3,8 @@
 #   docker build -t distface .
 #   docker run --gpus all --rm -v "$PWD/runs:/opt/distface/runs" distface --config configs/orl_arcface.yaml
 #   docker run --gpus all --rm --entrypoint python distface -m launch --np 8 -- --config configs/orl_arcface.yaml
+# The base image's TensorFlow is the `tensorflow` wheel with NVIDIA's CUDA libraries: the wheel launch/setup.sh
+# installs on every machine (CPU and GPU kernels in one wheel).
 FROM tensorflow/tensorflow:2.21.0-gpu
 
 ARG HOROVOD_VERSION=0.28.1

@@ -80,3 +80,22 @@ def test_config_components_and_launcher_import_without_tensorflow():
     code = ("import sys, distface.config, distface.components, launch.cli; "
             "sys.exit('tensorflow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, timeout=120).returncode == 0
+
+
+def test_tensorflow_internals_stay_in_the_ops_package():
+    """Raw ops and private TensorFlow modules are used only in distface/ops/ (its docstring lists what each
+    relies on; tests/test_ops_assumptions.py pins it), and ops/ builds on nothing else of distface."""
+    modules = module_names()
+    outside = []
+    for name, path in modules.items():
+        if name.startswith("distface.ops"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            raw = isinstance(node, ast.Attribute) and node.attr == "raw_ops"
+            private = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tensorflow.python")
+            private |= isinstance(node, ast.Import) and any(a.name.startswith("tensorflow.python") for a in node.names)
+            if raw or private:
+                outside.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert outside == []
+    graph = import_graph()
+    assert all(m.startswith("distface.ops") for name in graph if name.startswith("distface.ops") for m in graph[name])
