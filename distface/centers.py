@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from distface.heads.margins import label_columns
 from distface.heads.sharded import block_labels, block_size
 from distface.losses.center import center_stats, center_update, count_labels
 from distface.ops import variables
@@ -61,7 +62,7 @@ class ShardedCenters:
 
     def _block_rows(self, collectives, labels):
         """The global batch's labels and their rows in this replica's block (−1: the class lives elsewhere)."""
-        gathered = collectives.all_gather(tf.cast(labels, tf.int32))
+        gathered = label_columns(collectives.all_gather(tf.cast(labels, tf.int32)))  # as the head gathers them
         return gathered, block_labels(gathered, collectives.replica_id() * self.block_size, self.block_size)
 
     def batch_centers(self, collectives, labels) -> tf.Tensor:

@@ -12,11 +12,11 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from distface.config import HeadConfig
-from distface.heads.margins import AngleSums, make_margin, target_angles, target_degrees
-from distface.ops.row_gradient import RowFactors, RowGradient
+from distface.heads.margins import AngleSums, label_columns, make_margin, target_angles, target_degrees
 from distface.losses.cross_entropy import margin_softmax_cross_entropy
-from distface.parallel.single import SingleCollectives
 from distface.ops.row_chunks import map_row_chunks
+from distface.ops.row_gradient import RowFactors, RowGradient
+from distface.parallel.single import SingleCollectives
 
 
 def margin_from_config(cfg: HeadConfig):
@@ -129,7 +129,7 @@ class ReplicatedHead(tf.Module):
         return self.replicated["weight"]
 
     def __call__(self, collectives, embeddings, labels, step, label_smoothing: float = 0.0) -> HeadOutput:
-        labels = tf.cast(labels, tf.int32)
+        labels = label_columns(labels)
         scores, _ = block_scores(self.kind, self.weight, self.replicated.get("bias"), embeddings)
         parts = self.margin_fn.parts(feature_norms(embeddings), step)
         # Each replica classifies its own examples over all C: the loss needs no collective.

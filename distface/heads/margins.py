@@ -52,15 +52,25 @@ def apply_margin(parts: MarginParts, cosine: tf.Tensor, labels: tf.Tensor) -> tf
     return _with_target(row_scale * cosine, cosine, labels, lambda t: parts.target(t, parts.scale))
 
 
+def label_columns(labels: tf.Tensor) -> tf.Tensor:
+    """Labels as column indices, int64: on a GPU TensorFlow keeps int32 tensors in host memory for most kernels but
+    not all (tf.where's and the collectives' write device memory), and each mix is a copy back to the host; int64
+    stays on the device."""
+    return tf.cast(labels, tf.int64)
+
+
+def target_index(labels: tf.Tensor) -> tf.Tensor:
+    """[B, 2] (row, max(label, 0)) of int64 labels: each row's target entry (column 0 for a -1 row)."""
+    rows = tf.cast(tf.range(tf.shape(labels)[0]), tf.int64)  # counted on the host (int32), then copied over
+    return tf.stack([rows, tf.maximum(labels, 0)], axis=1)
+
+
 def _with_target(logits: tf.Tensor, cosine: tf.Tensor, labels: tf.Tensor,
                  target_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
     """Replaces logits[i, labels[i]] by target_fn(cosine[i, labels[i]]) where labels[i] >= 0."""
-    labels = tf.cast(labels, tf.int32)
-    col = tf.maximum(labels, 0)  # -1 rows read column 0 and write its own logit back unchanged
-    new = tf.where(labels >= 0,
-                   target_fn(tf.gather(cosine, col, batch_dims=1)),
-                   tf.gather(logits, col, batch_dims=1))
-    index = tf.stack([tf.range(tf.shape(col)[0]), col], axis=1)
+    labels = label_columns(labels)
+    index = target_index(labels)  # -1 rows read column 0 and write its own logit back unchanged
+    new = tf.where(labels >= 0, target_fn(tf.gather_nd(cosine, index)), tf.gather_nd(logits, index))
     return tf.tensor_scatter_nd_update(logits, index, new)
 
 
@@ -225,9 +235,8 @@ def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 
 
 def target_degrees(cosine: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """θ_y in degrees per row [B] (0 for a row whose target is not among these columns): for histograms."""
-    rows = tf.range(tf.shape(labels)[0])
-    labels = tf.cast(labels, tf.int32)
-    target = tf.gather_nd(tf.stop_gradient(_f32(cosine)), tf.stack([rows, tf.maximum(labels, 0)], axis=1))
+    labels = label_columns(labels)
+    target = tf.gather_nd(tf.stop_gradient(_f32(cosine)), target_index(labels))
     degrees = tf.acos(tf.clip_by_value(target, -1.0, 1.0)) * (180.0 / math.pi)
     return tf.where(labels >= 0, degrees, 0.0)
 
@@ -250,6 +259,7 @@ def target_angles(cosine: tf.Tensor, labels: tf.Tensor) -> AngleSums:
     cosine = tf.stop_gradient(_f32(cosine))
     present = tf.logical_not(tf.math.is_nan(cosine))
     degrees = tf.acos(tf.clip_by_value(tf.where(present, cosine, 0.0), -1.0, 1.0)) * (180.0 / math.pi)
+    labels = label_columns(labels)
     is_target = tf.one_hot(labels, tf.shape(cosine)[1], on_value=True, off_value=False,
                            dtype=tf.bool)  # a -1 row is all False
     is_other = present & tf.logical_not(is_target)

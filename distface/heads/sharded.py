@@ -15,7 +15,7 @@ import tensorflow as tf
 from distface.config import HeadConfig
 from distface.heads.classifier import (HeadOutput, angle_sums, block_scores, feature_norms, initial_weight,
                                        margin_from_config)
-from distface.heads.margins import target_degrees
+from distface.heads.margins import label_columns, target_degrees
 from distface.losses.cross_entropy import margin_softmax_cross_entropy
 
 
@@ -25,7 +25,7 @@ def block_size(num_classes: int, num_replicas: int) -> int:
 
 def block_labels(labels: tf.Tensor, start, size: int) -> tf.Tensor:
     """Global labels -> columns of the block [start, start + size); −1 where the class lives elsewhere."""
-    local = tf.cast(labels, tf.int32) - start
+    local = label_columns(labels) - tf.cast(start, tf.int64)
     return tf.where((local >= 0) & (local < size), local, -1)
 
 
@@ -56,7 +56,8 @@ class ShardedHead(tf.Module):
         replica = collectives.replica_id()
         # Distribution: every block scores the whole global batch.
         gathered = collectives.all_gather(embeddings)
-        gathered_labels = collectives.all_gather(tf.cast(labels, tf.int32))
+        # int32 through the collective (the CPU collectives pad an int64 with an op that has no GPU kernel)
+        gathered_labels = label_columns(collectives.all_gather(tf.cast(labels, tf.int32)))
         start = replica * self.block_size
         columns = block_labels(gathered_labels, start, self.block_size)
         valid = start + tf.range(self.block_size) < self.num_classes
@@ -90,6 +91,7 @@ class ShardedHead(tf.Module):
         score = tf.where(positive, 2.0, tf.where(valid, noise, -1.0))
         count = tf.maximum(keep, tf.reduce_sum(tf.cast(positive, tf.int32)))
         index = tf.sort(tf.math.top_k(score, count).indices)
-        position = tf.tensor_scatter_nd_update(tf.fill([block], -1), index[:, tf.newaxis], tf.range(count))
+        position = tf.tensor_scatter_nd_update(tf.fill([block], tf.constant(-1, tf.int64)), index[:, tf.newaxis],
+                                               tf.range(tf.cast(count, tf.int64)))
         remapped = tf.where(columns >= 0, tf.gather(position, tf.maximum(columns, 0)), -1)
         return index, remapped

@@ -6,6 +6,8 @@ import math
 
 import tensorflow as tf
 
+from distface.heads.margins import label_columns, target_index
+
 
 def margin_softmax_cross_entropy(collectives, cosine: tf.Tensor, labels: tf.Tensor, parts, num_classes: int,
                                  valid: tf.Tensor | None = None, label_smoothing: float = 0.0) -> tf.Tensor:
@@ -27,9 +29,9 @@ def margin_softmax_cross_entropy(collectives, cosine: tf.Tensor, labels: tf.Tens
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     eps = float(label_smoothing)
-    labels = tf.cast(labels, tf.int32)
+    labels = label_columns(labels)
     has_target = labels >= 0
-    index = tf.stack([tf.range(tf.shape(labels)[0]), tf.maximum(labels, 0)], axis=1)
+    index = target_index(labels)
     scale = tf.cast(parts.scale, tf.float32) if parts.per_row else parts.scale
     valid_f = None if valid is None else tf.cast(valid, tf.float32)
 
