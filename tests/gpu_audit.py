@@ -35,9 +35,7 @@ def audit(overrides) -> dict:
                  "export": module.embed_uint8.get_concrete_function()}
     missing, to_host, to_device = [], [], 0
     for name, function in functions.items():
-        nodes = kernels.graph_nodes(function)
-        library = {n.function for n in nodes}
-        missing += [[f.op, f.types, f"{name}: {f.where}"] for f in kernels.missing_gpu_kernels(nodes, library)]
+        missing += [[f.op, f.types, f"{name}: {f.where}"] for f in kernels.missing_gpu_kernels(function)]
         for transfer in kernels.host_transfers(function):
             if transfer.direction == "device->host":
                 to_host.append([name, transfer.producer, transfer.consumer, _source(function, transfer)])

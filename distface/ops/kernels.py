@@ -57,9 +57,8 @@ class Transfer(NamedTuple):
     consumer: str
 
 
-def graph_nodes(concrete_function) -> list[Node]:
-    """Every node of the traced graph and of every function in its library (bodies nested at any depth)."""
-    graph_def = concrete_function.graph.as_graph_def()
+def _graph_nodes(graph_def) -> list[Node]:
+    """Every node of a traced graph and of every function in its library (bodies nested at any depth)."""
     nodes = [_node("", n) for n in graph_def.node]
     for function in graph_def.library.function:
         nodes += [_node(function.signature.name, n) for n in function.node_def]
@@ -71,11 +70,13 @@ def _node(function: str, node_def) -> Node:
                 tuple(i for i in node_def.input if not i.startswith("^")))
 
 
-def missing_gpu_kernels(nodes, library=()) -> list[Finding]:
-    """The (op, dtypes) pairs among `nodes` that have no GPU kernel, each once, in order of first occurrence.
-    `library`: names of functions (a node whose op is one of them is a call; its body is among the nodes)."""
+def missing_gpu_kernels(concrete_function) -> list[Finding]:
+    """The (op, dtypes) pairs of the traced function (its library included) that have no GPU kernel, each once, in
+    order of first occurrence. A call of a library function is not an op: its body is checked with the rest."""
+    graph_def = concrete_function.graph.as_graph_def()
+    library = {f.signature.name for f in graph_def.library.function}
     found = {}
-    for node in nodes:
+    for node in _graph_nodes(graph_def):
         checked_elsewhere = node.op in library or node.op in CALLS or node.op in GPU_KERNELS_ELSEWHERE
         if checked_elsewhere or gpu_kernel(node) is not None:
             continue
