@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from equivalence import build, make_config, make_problem, per_replica
+from equivalence import build, make_config, make_problem, per_replica, train
 from distface.config import OptimConfig
 from distface.heads.classifier import block_scores
 from distface.ops import row_chunks, row_gradient, rows_in_place
@@ -236,3 +236,21 @@ def test_every_reader_of_the_blocks_forward_read_runs_before_the_in_place_update
     assert readers
     before = ancestors(updates)
     assert sorted(f"{op.type} {op.name}" for op in readers - before) == []
+
+
+@pytest.mark.parametrize("engine", ["single", "mirrored"])
+def test_training_with_the_update_in_place_off_equals_in_place(engine, small_chunks):
+    """optim.head_update_in_place: off (the block's dense gradient through the fused momentum op) is the reference
+    of the in-place row update: three steps of each, with weight decay, land on the same parameters."""
+    make = (lambda: SingleEngine()) if engine == "single" else (lambda: mirrored_engine(cpu_replicas=2))
+    data = make_problem(50, 6, seed=2)
+    results = {}
+    for mode in ("auto", "off"):
+        runtime = make()
+        cfg = make_config("arcface", 6 // runtime.num_replicas, "sharded")
+        cfg.optim.weight_decay, cfg.optim.head_update_in_place = 0.01, mode
+        results[mode] = train(build(runtime, cfg, data), data)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(results["auto"][name], results["off"][name], rtol=1e-5, atol=1e-6)
+    for replica, block in results["auto"]["weight_blocks"].items():
+        np.testing.assert_allclose(block, results["off"]["weight_blocks"][replica], rtol=1e-5, atol=1e-6)
