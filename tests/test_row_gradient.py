@@ -254,3 +254,21 @@ def test_training_with_the_update_in_place_off_equals_in_place(engine, small_chu
         np.testing.assert_allclose(results["auto"][name], results["off"][name], rtol=1e-5, atol=1e-6)
     for replica, block in results["auto"]["weight_blocks"].items():
         np.testing.assert_allclose(block, results["off"]["weight_blocks"][replica], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_stops_naming_every_cause_when_the_block_is_not_written_in_place(small_chunks):
+    from distface.loop import TrainingStopped, _check_in_place
+
+    engine = SingleEngine()
+    data = make_problem(50, 6, seed=2)
+    trainer = build(engine, make_config("arcface", 6, "sharded"), data)
+    x, y = per_replica(engine, data["x"]), per_replica(engine, data["labels"])
+    _check_in_place(trainer, trainer.train_step(x, y))  # written in place: the check passes
+    weight = trainer.state.head.weight
+    tf.raw_ops.ResourceGather(resource=weight.handle, indices=[0], dtype=tf.float32)  # now in copy-on-read mode
+    before = weight.numpy()
+    metrics = trainer.train_step(x, y)
+    assert float(metrics.in_place_misses) > 0
+    np.testing.assert_array_equal(weight.numpy(), before)
+    with pytest.raises(TrainingStopped, match="copy-on-read.*XLA auto-clustering.*64-byte aligned.*off"):
+        _check_in_place(trainer, metrics)
