@@ -95,13 +95,17 @@ class MomentumSGD:
     def _update(self, var, slot, grad, lr, ok) -> tf.Tensor:
         def step():
             lr_ = tf.cast(lr, var.dtype)
-            if isinstance(grad, RowGradient) and self.in_place and rows_in_place.available():
+            in_place = self.in_place and rows_in_place.available()
+            if isinstance(grad, RowGradient) and in_place:
                 return self._stream_rows(var, slot, grad, lr_)
             if not isinstance(grad, tf.IndexedSlices):
-                dense = grad.whole() if isinstance(grad, RowGradient) else grad  # XLA, or in place off
+                dense = tf.cast(grad.whole() if isinstance(grad, RowGradient) else grad, var.dtype)  # XLA, or off
+                if in_place and self.weight_decay and _many_rows(var):  # the replicated head
+                    variables.keras_momentum(var, slot, lr_, dense, self.momentum)
+                    return self._decay_rows_after_momentum(var, slot, lr_ * self.weight_decay)
                 if self.weight_decay:  # decoupled: w <- (1 - lr*wd) w before the momentum step, as Keras does
                     variables.decay(var, lr_ * self.weight_decay)
-                variables.keras_momentum(var, slot, lr_, tf.cast(dense, var.dtype), self.momentum)
+                variables.keras_momentum(var, slot, lr_, dense, self.momentum)
             elif self.lazy:
                 self._rows(var, slot, grad.indices, tf.cast(grad.values, var.dtype), lr_)
             else:  # every row decays (g = 0), then the sampled rows' -lr*g enters momentum and, through w + m, w
@@ -126,6 +130,20 @@ class MomentumSGD:
 
         return rows_in_place.update_rows([var, slot], rule)
 
+    @staticmethod
+    def _decay_rows_after_momentum(var, slot, decay) -> tf.Tensor:
+        """The decoupled decay of w0 once the fused momentum op has set w = w0 + m: w <- w - decay (w - m), a range
+        of rows at a time in place (decay first, as w - decay w, would make a temporary of the variable's size).
+        The fused op runs first because it copies a buffer that another tensor or variable shares (TensorFlow's
+        copy-on-write; one host's MirroredStrategy copies can share one after an assign), which an in-place write
+        would not. Returns rows_in_place's count of missed writes."""
+        @tf.function(jit_compile=True)  # one fused pass per range of rows
+        def rule(lo, w, m):
+            del lo
+            return [w - decay * (w - m)]
+
+        return rows_in_place.update_rows([var], rule, read_only=[slot])
+
     def _all_rows_without_gradient(self, var, slot, lr):
         """The rule with g = 0 over every row, CHUNK_ROWS rows at a time through gather and scatter: once rows of
         a variable were scattered TensorFlow keeps it in copy-on-read mode, where one whole read copies it."""
@@ -147,3 +165,8 @@ class MomentumSGD:
         variables.scatter_update(slot, rows, m)
         variables.scatter_update(var, rows, w - lr * self.weight_decay * w + m)
 
+
+
+def _many_rows(var) -> bool:
+    """A matrix of CHUNK_ROWS rows or more (a replicated head): its decay goes a range of rows at a time."""
+    return var.shape.rank == 2 and var.shape[0] >= rows_in_place.CHUNK_ROWS

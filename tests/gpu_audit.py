@@ -19,7 +19,8 @@ SYNTHETIC = ["data.source=synthetic", "data.synthetic_identities=24", "data.synt
 
 def audit(overrides) -> dict:
     """{"missing": [[op, types, where], ...], "device_to_host": [[traced function, producer, consumer, source],
-    ...], "host_to_device": the step's count} over the step, the evaluation embedding and the export signature.
+    ...], "host_to_device": the step's count, "step_ops": the step's op types} over the step, the evaluation
+    embedding and the export signature.
     A transfer's source is the distface function whose line made its producer ("tensorflow" if none did)."""
     from distface.components import load_config
     from distface.inference import build_module
@@ -41,7 +42,9 @@ def audit(overrides) -> dict:
                 to_host.append([name, transfer.producer, transfer.consumer, _source(function, transfer)])
             else:
                 to_device += name == "step"
-    return {"missing": missing, "device_to_host": to_host, "host_to_device": to_device}
+    graph_def = step.graph.as_graph_def()
+    ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+    return {"missing": missing, "device_to_host": to_host, "host_to_device": to_device, "step_ops": sorted(ops)}
 
 
 def _source(function, transfer) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distface.ops import kernels
+from distface.ops import kernels, row_chunks, row_gradient, rows_in_place
 from gpu_audit import audit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -158,3 +158,14 @@ def test_host_transfers_follow_tensorflows_memory_rules():
             if t.direction == "device->host"]
     assert sorted(back) == [("Greater", "StatelessIf"), ("SelectV2", "GreaterEqual")]
     assert np.all(fn(tf.constant([0, 1, 2, 3]), tf.ones([4]))[1].numpy() == [False, False, True, True])
+
+
+def test_the_replicated_heads_decay_in_row_ranges_has_gpu_kernels(monkeypatch):
+    """A replicated head of CHUNK_ROWS rows or more is decayed a range of rows at a time in place: with ranges of
+    16 rows the audit's small head takes that path."""
+    for module in (rows_in_place, row_chunks, row_gradient):
+        monkeypatch.setattr(module, "CHUNK_ROWS", 16)
+    result = audit(MIRRORED + ("head.sharding=replicated",))
+    assert "InplaceUpdate" in result["step_ops"]
+    assert result["missing"] == []
+    assert {source for *_, source in result["device_to_host"]} <= CONTROL.keys() | INT32.keys()

@@ -119,3 +119,20 @@ def test_freezing_replaces_the_variables_by_constants():
     ops = {op.type for op in frozen.graph.get_operations()}
     assert not ops & {"ReadVariableOp", "VarHandleOp"}, broken("convert_variables_to_constants_v2", "graphs.py")
     np.testing.assert_array_equal(frozen(tf.constant([1.0, 1.0]))[0], [2.0, 3.0])
+
+
+def sharing_variables():
+    shared = tf.zeros([16, 4]) + 1.0
+    a, b = tf.Variable(tf.zeros([16, 4])), tf.Variable(tf.zeros([16, 4]))
+    a.assign(shared), b.assign(shared)  # both now hold the same buffer
+    return a, b
+
+
+def test_a_fused_update_copies_a_buffer_two_variables_share():
+    a, b = sharing_variables()
+    assert write_through(a, lambda r: r, 9.0)[0, 0] == 9.0 and b.numpy()[0, 0] == 9.0  # the hazard: b changes too
+    a, b = sharing_variables()
+    variables.keras_momentum(a, tf.Variable(tf.zeros([16, 4])), 0.5, tf.ones([16, 4]), 0.0)
+    assert write_through(a, lambda r: r, 9.0)[0, 0] == 9.0
+    np.testing.assert_array_equal(b.numpy(), 1.0, err_msg=broken(
+        "ResourceApplyKerasMomentum copies a shared buffer before writing (copy-on-write)", "rows_in_place.py"))

@@ -126,14 +126,18 @@ def test_update_in_row_ranges_equals_the_dense_gradients_update(kind, rows, smal
     m = MOMENTUM * m0.astype(np.float64) - LR * 0.5 * closed_form(kind, w, x, upstream)
     np.testing.assert_allclose(got[1], m, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got[0], w - LR * DECAY * w.astype(np.float64) + m, rtol=1e-5, atol=1e-7)
-    dense_update = update(tf.constant(dense * 0.5), w, m0)
+    # The reference: the dense gradient through the fused momentum op (optim.head_update_in_place: off).
+    dense_update = update(tf.constant(dense * 0.5), w, m0, in_place="off")
     for a, b in zip(got, dense_update):
         # w - decay w + m rounded in another order (XLA's fused rule, the dense path's decay then momentum):
         # an ulp of the operands (|w|, |m| up to 3) where they cancel
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=3e-7)
-    # optim.head_update_in_place: off, the reference: the block's gradient made whole, then the dense update.
-    for a, b in zip(update(grad.times(0.5), w, m0, in_place="off"), dense_update):
+    for a, b in zip(update(grad.times(0.5), w, m0, in_place="off"), dense_update):  # off makes it whole first
         np.testing.assert_array_equal(a, b)
+    # A dense gradient of a matrix of CHUNK_ROWS rows or more (a replicated head's): the fused momentum op, then
+    # the decay a range of rows at a time in place.
+    for a, b in zip(update(tf.constant(dense * 0.5), w, m0), got):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=3e-7)
     # Inside XLA (a whole-step jit_compile) the rows cannot be written in place: the dense gradient is applied.
     for a, b in zip(update(grad.times(0.5), w, m0, xla=True), dense_update):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # XLA's arithmetic: an ulp apart
@@ -210,17 +214,20 @@ def writes_in_place(graph, op) -> bool:
 
 @pytest.mark.parametrize("engine", ["single", "mirrored"])
 @pytest.mark.parametrize("kind", ["arcface", "softmax"])
-def test_every_reader_of_the_blocks_forward_read_runs_before_the_in_place_update(engine, kind, small_chunks):
+@pytest.mark.parametrize("sharding", ["sharded", "replicated"])
+def test_every_reader_of_the_blocks_forward_read_runs_before_the_in_place_update(engine, kind, sharding,
+                                                                                 small_chunks):
     """The in-place update writes into the buffer the forward's read aliases: every op that runs and reads it
     (through the pass-through IdentityN of the custom gradient too) must be an ancestor of the update, or it could
     read rows already written."""
     engine = SingleEngine() if engine == "single" else mirrored_engine(cpu_replicas=2)
-    cfg = make_config(kind, 3, "sharded")
+    cfg = make_config(kind, 3, sharding)
     data = make_problem(400, 3 * engine.num_replicas, seed=1)
     trainer = build(engine, cfg, data)
     x, y = per_replica(engine, data["x"]), per_replica(engine, data["labels"])
     graph = trainer.train_step.get_concrete_function(x, y).graph
-    block = trainer.state.head.block_size, cfg.model.embedding_size
+    head = trainer.state.head
+    block = (head.block_size if sharding == "sharded" else 400), cfg.model.embedding_size
     updates = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf") and writes_in_place(graph, op)]
     assert len(updates) == engine.num_replicas  # the weight's and its momentum's writes share one update
     reads = [op for op in graph.get_operations() if op.type == "ReadVariableOp" and op.outputs[0].shape == block]
@@ -239,15 +246,17 @@ def test_every_reader_of_the_blocks_forward_read_runs_before_the_in_place_update
 
 
 @pytest.mark.parametrize("engine", ["single", "mirrored"])
-def test_training_with_the_update_in_place_off_equals_in_place(engine, small_chunks):
-    """optim.head_update_in_place: off (the block's dense gradient through the fused momentum op) is the reference
-    of the in-place row update: three steps of each, with weight decay, land on the same parameters."""
+@pytest.mark.parametrize("sharding", ["sharded", "replicated"])
+def test_training_with_the_update_in_place_off_equals_in_place(engine, sharding, small_chunks):
+    """optim.head_update_in_place: off (the head's dense gradient through the fused momentum op) is the reference
+    of the in-place row update (a sharded block's, and a replicated head's of CHUNK_ROWS rows or more): three steps
+    of each, with weight decay, land on the same parameters."""
     make = (lambda: SingleEngine()) if engine == "single" else (lambda: mirrored_engine(cpu_replicas=2))
     data = make_problem(50, 6, seed=2)
     results = {}
     for mode in ("auto", "off"):
         runtime = make()
-        cfg = make_config("arcface", 6 // runtime.num_replicas, "sharded")
+        cfg = make_config("arcface", 6 // runtime.num_replicas, sharding)
         cfg.optim.weight_decay, cfg.optim.head_update_in_place = 0.01, mode
         results[mode] = train(build(runtime, cfg, data), data)
     for name in ("kernel", "bias"):

@@ -8,6 +8,7 @@ TensorFlow or Keras upgrade fails there first, with a message naming the assumpt
   `value` is its tf.Variable.
 - rows_in_place.py: InplaceUpdate through a variable's read, on 64-byte-aligned views of it. Relies on:
   InplaceUpdate writes into its input's buffer; reshape and an aligned 1-D slice alias; the re-read sees the write;
+  a fused update op (ResourceApplyKerasMomentum) copies a buffer that two variables share before it writes;
   `tensorflow.python.ops.control_flow_util.GraphOrParentsInXlaContext` tells an XLA trace.
 - row_chunks.py: a slice of whole rows aliases its tensor when a row is 64-byte aligned (otherwise it copies one
   slice): a reduction a slice at a time makes no block-sized temporary.

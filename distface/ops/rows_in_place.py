@@ -8,6 +8,10 @@ is written through with InplaceUpdate, which writes into its input's buffer. The
 while they are written: the caller orders the update after every use of the step's reads (the optimizer's update
 runs behind the guard, which depends on every gradient).
 
+The variable must own its buffer: one that another variable shares (an assign of one tensor to two variables can
+leave them sharing it) would take the writes for both. TensorFlow's fused update ops copy a shared buffer first
+(copy-on-write), so a caller that cannot rule sharing out runs one before (optim.py's replicated head).
+
 If the writes did not reach the variable after all (see NOT_IN_PLACE), they are lost: a re-read after the writes
 compares the last element written, and `update_rows` returns the count of writes that missed. That count is a
 tensor the step reports, not an assert: an assert would copy its operands to the host and stall a GPU every step.
@@ -41,17 +45,18 @@ NOT_IN_PLACE = (
     "Set optim.head_update_in_place: off to train with the plain dense update")
 
 
-def update_rows(variables, fn) -> tf.Tensor:
-    """variables' rows [lo, lo + n) <- fn(lo, *their rows) for consecutive ranges of CHUNK_ROWS rows (n fewer
-    for the last); the variables share their shape [rows, width], fn returns one new [n, width] per variable.
-    Returns how many of its writes did not reach their variable (float32; 0 when all did): per variable, one for
-    its whole chunks and one for its last rows."""
+def update_rows(variables, fn, read_only=()) -> tf.Tensor:
+    """variables' rows [lo, lo + n) <- fn(lo, *their rows, *read_only's rows) for consecutive ranges of CHUNK_ROWS
+    rows (n fewer for the last); all share their shape [rows, width], fn returns one new [n, width] per variable
+    (read_only's rows are read, not written). Returns how many of its writes did not reach their variable
+    (float32; 0 when all did): per variable, one for its whole chunks and one for its last rows."""
     if not available():
         raise RuntimeError("in-place row updates cannot run inside an XLA-compiled function (check available())")
     rows, width = variables[0].shape
     full = rows // CHUNK_ROWS  # whole chunks, written as single rows of a [full, CHUNK_ROWS * width] view
     main = full * CHUNK_ROWS
-    reads = [tf.raw_ops.ReadVariableOp(resource=v.handle, dtype=v.dtype) for v in variables]
+    count = len(variables)
+    reads = [tf.raw_ops.ReadVariableOp(resource=v.handle, dtype=v.dtype) for v in [*variables, *read_only]]
     written = []  # (variable, the tensor written, the flat position of its last element in the variable)
     if full:
         # Views, not copies: reshape aliases, and so does a 1-D slice whose ends are aligned for Eigen (64 bytes):
@@ -61,7 +66,7 @@ def update_rows(variables, fn) -> tf.Tensor:
         def chunk(k, *views):
             new = fn(k * CHUNK_ROWS, *[tf.reshape(v[k], [CHUNK_ROWS, width]) for v in views])
             return (k + 1, *[tf.raw_ops.InplaceUpdate(x=v, i=k[tf.newaxis], v=tf.reshape(n, [1, -1]))
-                             for v, n in zip(views, new)])
+                             for v, n in zip(views, new)], *views[count:])
 
         views = tf.while_loop(lambda k, *_: k < full, chunk, [tf.constant(0), *views])[1:]
         written += [(v, view, main * width - 1) for v, view in zip(variables, views)]

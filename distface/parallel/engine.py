@@ -114,8 +114,7 @@ class Runtime(abc.ABC):
     def update(self, var, fn, *args):
         """Apply `fn(var, *args)` in place on every local copy of `var` (args identical across replicas for a
         replicated variable, the replica's own for a sharded one). `fn` runs per copy, so it may branch (tf.cond).
-        Returns fn's result where it runs once, in this replica (a sharded block, or any variable of a
-        one-copy engine); None where a merge applies it to every copy."""
+        Returns fn's result for this replica's copy."""
         return fn(var, *args)
 
     def assign(self, var, value) -> None:

@@ -17,6 +17,12 @@ def _ctx():
     return tf.distribute.get_replica_context()
 
 
+def _static_replica_id() -> int:
+    """This replica's id, a constant in each replica's trace. Modulo the local replicas it indexes this worker's
+    local results: every worker runs the same number of replicas."""
+    return tf.get_static_value(_ctx().replica_id_in_sync_group)
+
+
 class StrategyCollectives(Collectives):
     """Collectives of the replica context (inside `strategy.run`)."""
 
@@ -48,8 +54,7 @@ class StrategyCollectives(Collectives):
         # then GatherV2); the component itself gathers only the rows, and the tape still reaches the variable
         # (in a replica context its handle is the component's).
         local = self.strategy.experimental_local_results(tf_variable(var))
-        replica = tf.get_static_value(_ctx().replica_id_in_sync_group)  # a constant in each replica's trace
-        return tf.gather(local[replica % len(local)], rows)  # every worker runs the same number of replicas
+        return tf.gather(local[_static_replica_id() % len(local)], rows)
 
 
 class StrategyEngine(Runtime):
@@ -118,11 +123,12 @@ class StrategyEngine(Runtime):
             return fn(var, *args)  # a sharded block: the replica updates its own component
 
         # Distribution: a mirrored variable changes only in the cross-replica context; each device's copy gets
-        # fn with that device's args.
+        # fn with that device's args, and every replica gets back every local copy's result.
         def merge(strategy, *values):
-            strategy.extended.update(var, fn, args=values, group=False)
+            return strategy.extended.update(var, fn, args=values, group=False)
 
-        _ctx().merge_call(merge, args=args)
+        results = _ctx().merge_call(merge, args=args)
+        return results[_static_replica_id() % len(results)]
 
     @property
     def batches_per_step(self) -> int:
