@@ -137,12 +137,7 @@ class MomentumSGD:
         The fused op runs first because it copies a buffer that another tensor or variable shares (TensorFlow's
         copy-on-write; one host's MirroredStrategy copies can share one after an assign), which an in-place write
         would not. Returns rows_in_place's count of missed writes."""
-        @tf.function(jit_compile=True)  # one fused pass per range of rows
-        def rule(lo, w, m):
-            del lo
-            return [w - decay * (w - m)]
-
-        return rows_in_place.update_rows([var], rule, read_only=[slot])
+        return rows_in_place.update_rows([var], lambda lo, w, m: [w - decay * (w - m)], read_only=[slot])
 
     def _all_rows_without_gradient(self, var, slot, lr):
         """The rule with g = 0 over every row, CHUNK_ROWS rows at a time through gather and scatter: once rows of
