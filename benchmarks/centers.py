@@ -31,7 +31,7 @@ def measure(args) -> dict | None:
     import numpy as np
     import tensorflow as tf
 
-    from distface.centers import CENTER_PLACEMENTS
+    from distface.training.centers import CENTER_PLACEMENTS
     from distface.losses.center import center_distance
     from distface.parallel import build_engine
 

@@ -20,7 +20,7 @@ def main() -> None:
     p.add_argument("--configs", nargs="*")
     args = p.parse_args()
     if not args.configs:
-        from distface.components import load_config
+        from distface.checked_config import load_config
 
         args.configs = [str(c) for c in sorted((ROOT / "configs").glob("orl_*.yaml"))
                         if load_config(c).model.backbone == "debug"]

@@ -246,8 +246,8 @@ def say(line: str) -> None:
 @contextlib.contextmanager
 def session(args, *overrides: str):
     """A run's Session on synthetic faces in a throw-away folder (it writes its config and the ORL pairs there)."""
-    from distface.components import load_config
-    from distface.train import Session
+    from distface.checked_config import load_config
+    from distface.training.session import Session
 
     with tempfile.TemporaryDirectory() as out_dir:
         yield Session(load_config(None, [*STEP, *args.set, *overrides, f"train.out_dir={out_dir}"]), quiet=True)

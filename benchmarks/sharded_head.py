@@ -58,11 +58,11 @@ def measure(args) -> dict:
     import tensorflow as tf
 
     from distface.config import Config
-    from distface.loop import Trainer
-    from distface.objectives import Classification
-    from distface.optim import MomentumSGD
+    from distface.training.trainer import Trainer
+    from distface.training.objectives import Classification
+    from distface.training.optim import MomentumSGD
     from distface.parallel import build_engine
-    from distface.state import TrainState
+    from distface.training.state import TrainState
 
     num_classes, sharding = args.one_classes, args.one_sharding
     if args.engine == "mirrored":

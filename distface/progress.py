@@ -4,7 +4,12 @@ from __future__ import annotations
 import sys
 import time
 
-from distface.monitor import format_duration
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 class Progress:

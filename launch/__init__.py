@@ -1,2 +1,1 @@
-"""How distface processes are started: Horovod ranks, tf.distribute workers (TF_CONFIG, SLURM), one process.
-No training logic lives here; `python -m launch --help` lists the options."""
+"""`python -m launch` from a checkout: the same as `distface launch` (distface.launch)."""

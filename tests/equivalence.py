@@ -7,10 +7,10 @@ import numpy as np
 import tensorflow as tf
 
 from distface.config import Config
-from distface.loop import Trainer
-from distface.objectives import OBJECTIVES
-from distface.optim import MomentumSGD
-from distface.state import TrainState
+from distface.training.trainer import Trainer
+from distface.training.objectives import OBJECTIVES
+from distface.training.optim import MomentumSGD
+from distface.training.state import TrainState
 
 D_IN, D = 6, 8
 HEADS = {  # kind -> overrides: each margin head with a non-trivial setting

@@ -1,4 +1,4 @@
-"""The GPU audit of one configuration, as a run builds it: the training step (distface.train.Session on synthetic
+"""The GPU audit of one configuration, as a run builds it: the training step (distface.training.session.Session on synthetic
 faces), the evaluation's embedding function and the export signature, traced on this CPU and read against the
 GPU kernel registry of the `tensorflow` wheel (distface/ops/kernels.py).
 
@@ -22,10 +22,10 @@ def audit(overrides) -> dict:
     ...], "host_to_device": the step's count, "step_ops": the step's op types} over the step, the evaluation
     embedding and the export signature.
     A transfer's source is the distface function whose line made its producer ("tensorflow" if none did)."""
-    from distface.components import load_config
-    from distface.inference import build_module
+    from distface.checked_config import load_config
+    from distface.models.embedder import build_module
     from distface.ops import kernels
-    from distface.train import Session
+    from distface.training.session import Session
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(None, SYNTHETIC + list(overrides) + [f"train.out_dir={out}/run"])

@@ -12,11 +12,11 @@ import numpy as np  # noqa: E402
 def probe(run_dir: str, out: str, strategy: str, cpu_replicas: int) -> None:
     import tensorflow as tf
 
-    from distface.checkpoint import load_run_config
+    from distface.training.checkpoint import load_run_config
     from distface.data.orl import orl_split
     from distface.data.pipeline import eval_images
     from equivalence import _per_replica_run, full_weight, per_replica
-    from distface.train import Session
+    from distface.training.session import Session
 
     cfg = load_run_config(run_dir)
     cfg.train.strategy, cfg.train.cpu_replicas = strategy, cpu_replicas if strategy == "mirrored" else 0

@@ -169,7 +169,7 @@ def test_align_cli_writes_the_tree_and_lists_every_image_without_a_face(tmp_path
 
     again = subprocess.run([sys.executable, "-m", "distface.data", "align", str(raw), str(out)],
                            capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("distface.data: ")
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("distface: ")
     assert "already exists" in again.stderr and "Traceback" not in again.stderr
 
 

@@ -55,7 +55,7 @@ def assert_refused(result, *named):
 
 
 def train(out, *args):
-    return subprocess.run([sys.executable, "-m", "distface.train", "--config", "configs/debug.yaml",
+    return subprocess.run([sys.executable, "-m", "distface.train", "--config", "distface/configs/debug.yaml",
                            "--set", "data.batch_size=4", "--set", "train.steps=4", "--set", "model.image_size=[40, 36]",
                            "--set", "eval.flip=false", "--set", "train.log_every=2", "--set", "train.eval_every=0",
                            "--set", f"train.out_dir={out}", *args], capture_output=True, text=True, timeout=300)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from distface.components import load_config
+from distface.checked_config import load_config
 from distface.config import Config, ConfigError
 
 
@@ -103,7 +103,7 @@ def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_place(tmp_path, cap
 def test_every_shipped_config_loads():
     from pathlib import Path
 
-    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    configs = sorted(Path(__file__).parent.parent.joinpath("distface", "configs").glob("*.yaml"))
     assert configs
     for path in configs:
         load_config(path)

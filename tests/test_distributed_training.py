@@ -9,7 +9,7 @@ import sys
 import pytest
 
 HOROVODRUN = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
-ARGS = ["-m", "distface.train", "--config", "configs/debug.yaml", "--set", "data.batch_size=16",
+ARGS = ["-m", "distface.train", "--config", "distface/configs/debug.yaml", "--set", "data.batch_size=16",
         "--set", "model.image_size=[56, 48]", "--set", "train.steps=40", "--set", "train.log_every=5",
         "--set", "train.checkpoint_every=20", "--set", "train.eval_every=0", "--set", "eval.flip=false"]
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from distface.data.orl import orl_root
-from distface.embed import main as embed_main
-from distface.verify import main as verify_main
+from distface.serving.embed import main as embed_main
+from distface.serving.verify import main as verify_main
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("embed") / "run"
-    proc = subprocess.run([sys.executable, "-m", "distface.train", "--config", "configs/debug.yaml",
+    proc = subprocess.run([sys.executable, "-m", "distface.train", "--config", "distface/configs/debug.yaml",
                            f"--set=train.out_dir={out}", "--set=train.checkpoint_every=0", "--quiet"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -26,7 +26,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from distface.export import export
+    from distface.serving.export import export
 
     return export(run, tmp_path_factory.mktemp("onnx") / "model", "onnx")[0]
 
@@ -47,7 +47,7 @@ def test_verify_same_person_and_different_people(run, exported, capsys, which):
 
 
 def test_embed_writes_embeddings_and_paths_the_same_from_run_and_export(run, exported, tmp_path, capsys):
-    from distface.checkpoint import load_backbone
+    from distface.training.checkpoint import load_backbone
     from distface.data.pipeline import eval_images
     from distface.eval.runner import embed
 

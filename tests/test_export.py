@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from distface.export import TOLERANCE, ExportCheckError, export, main
+from distface.serving.export import TOLERANCE, ExportCheckError, export, main
 
 RUNTIMES = {  # a fresh process: read images.npy, write embeddings.npy, import neither distface nor (but SavedModel) TF
     "savedmodel": ("import tensorflow as tf\n"
@@ -32,7 +32,7 @@ MODULES = {"savedmodel": "tensorflow", "onnx": "onnxruntime", "tflite": "ai_edge
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "run"
-    proc = subprocess.run([sys.executable, "-m", "distface.train", "--config", "configs/debug.yaml",
+    proc = subprocess.run([sys.executable, "-m", "distface.train", "--config", "distface/configs/debug.yaml",
                            f"--set=train.out_dir={out}", "--set=train.steps=4", "--set=train.checkpoint_every=0",
                            "--set=data.batch_size=16", "--set=eval.flip=false", "--quiet"],
                           capture_output=True, text=True, timeout=600)
@@ -43,9 +43,9 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(run):
     """ORL images of the run's evaluation set and the checkpoint's embeddings of them."""
-    from distface.checkpoint import load_backbone
-    from distface.export import check_images
-    from distface.inference import build_module
+    from distface.training.checkpoint import load_backbone
+    from distface.serving.export import check_images
+    from distface.models.embedder import build_module
 
     cfg, backbone, _ = load_backbone(run)
     images = check_images(cfg)
@@ -85,15 +85,15 @@ def test_export_reproduces_the_checkpoint_in_a_fresh_process(run, reference, tmp
 
 
 def test_a_failed_check_writes_nothing(run, tmp_path, monkeypatch):
-    import distface.export
+    import distface.serving.export
 
-    real = distface.export.exported_forward
+    real = distface.serving.export.exported_forward
 
     def perturbed(fmt, path):
         forward = real(fmt, path)
         return lambda x: forward(x) + 1e-3
 
-    monkeypatch.setattr(distface.export, "exported_forward", perturbed)
+    monkeypatch.setattr(distface.serving.export, "exported_forward", perturbed)
     with pytest.raises(ExportCheckError, match="differs from the checkpoint by up to 0.001"):
         export(run, tmp_path / "bad", "tflite")
     assert list(tmp_path.iterdir()) == []  # neither the export nor its staging folder

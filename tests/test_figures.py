@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from distface import figures
-from distface.components import load_config
+from distface.checked_config import load_config
 from distface.config import ConfigError
 from distface.data.mnist import load_mnist, train_mnist
 from distface.data.sources import train_source
@@ -58,7 +58,7 @@ def test_metrics_match_the_closed_form_angles():
 
 def test_sphere_image_puts_the_near_pole_at_the_centre():
     image = figures.sphere_image(np.array([[0.0, -1.0, 0.0]]), np.array([3]), size=64, azimuth=0, elevation=0)
-    from distface.visualize import identity_colour
+    from distface.eval.visualize import identity_colour
 
     c = 63 / 2
     assert tuple(image[int(c), int(c)]) == identity_colour(3)  # the viewer looks along -y: (0, -1, 0) faces it

@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 from equivalence import build, make_config, make_problem, per_replica
-from distface.components import load_config
+from distface.checked_config import load_config
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
-from distface.train import Session
+from distface.training.session import Session
 
 
 def snapshot(trainer):
@@ -45,7 +45,7 @@ def test_nan_batch_is_skipped_and_training_continues(engine_name):
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_step(tmp_path, precision):
-    cfg = load_config("configs/debug.yaml", [f"train.mixed_precision={precision}", f"train.out_dir={tmp_path}",
+    cfg = load_config("distface/configs/debug.yaml", [f"train.mixed_precision={precision}", f"train.out_dir={tmp_path}",
                                              "model.image_size=[56, 48]", "data.batch_size=8"])
     session = Session(cfg, quiet=True)
     try:
@@ -65,7 +65,7 @@ def test_mixed_precision_step(tmp_path, precision):
 def test_training_stops_at_max_bad_steps_not_at_the_next_log_step(tmp_path, clean_first):
     """The streak is read every max_bad_steps steps; when it reaches the limit between two reads, the steps after
     it change nothing, so the run stops with exactly the limit's bad steps and no step past them counted."""
-    from distface.loop import TrainingStopped, train_loop
+    from distface.training.trainer import TrainingStopped, train_loop
 
     class Quiet:
         def start(self, step):

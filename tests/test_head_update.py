@@ -10,9 +10,9 @@ from tensorflow.python.framework import tensor_conversion_registry
 from equivalence import build, make_config, make_problem, per_replica
 from distface.config import OptimConfig
 from distface.heads.classifier import cosine_to_rows, inverse_row_norms
-from distface.loop import _combine_rows
-from distface import optim
-from distface.optim import MomentumSGD
+from distface.training.trainer import _combine_rows
+from distface.training import optim
+from distface.training.optim import MomentumSGD
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 

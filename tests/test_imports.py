@@ -61,8 +61,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_reader_sees_lazy_imports_and_cycles():
     graph = import_graph()
-    assert "distface.config" in graph["distface.components"]
-    assert "distface.models" in graph["distface.components"]  # imported inside check()
+    assert "distface.config" in graph["distface.checked_config"]
+    assert "distface.models" in graph["distface.checked_config"]  # imported inside check()
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -77,7 +77,7 @@ def test_config_imports_nothing_from_distface():
 
 
 def test_config_components_and_launcher_import_without_tensorflow():
-    code = ("import sys, distface.config, distface.components, launch.cli; "
+    code = ("import sys, distface.config, distface.checked_config, distface.launch.cli; "
             "sys.exit('tensorflow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, timeout=120).returncode == 0
 

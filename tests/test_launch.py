@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch.cli import build_job, main, parse_args
-from launch.errors import LaunchError
-from launch.plan import free_ports, parse_hosts, parse_workers, program, read_hostfile, tf_config
-from launch.slurm import expand_nodelist, task_hosts, tasks_per_node
+from distface.launch.cli import build_job, main, parse_args
+from distface.launch.errors import LaunchError
+from distface.launch.plan import free_ports, parse_hosts, parse_workers, program, read_hostfile, tf_config
+from distface.launch.slurm import expand_nodelist, task_hosts, tasks_per_node
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = os.path.dirname(sys.executable)
 HAS_HOROVOD = os.access(os.path.join(BIN, "horovodrun"), os.X_OK) or shutil.which("horovodrun") is not None
-TRAIN = ["--config", "configs/debug.yaml", "--set", "data.batch_size=16", "--set", "model.image_size=[56, 48]",
+TRAIN = ["--config", "distface/configs/debug.yaml", "--set", "data.batch_size=16", "--set", "model.image_size=[56, 48]",
          "--set", "train.steps=10", "--set", "train.log_every=5", "--set", "train.eval_every=0",
          "--set", "train.checkpoint_every=5", "--set", "eval.flip=false"]
 SHARD_EXAMPLES = 96  # the probe's synthetic set: label i is example i
@@ -39,9 +39,10 @@ PROBE = f'''
 """distface.train's run, then this process's backbone weights and the examples its first epoch reads."""
 import numpy as np
 
-from distface.components import load_config
+from distface.checked_config import load_config
 from distface.data.batches import BATCHES
-from distface.train import Session, parse_args
+from distface.train import parse_args
+from distface.training.session import Session
 
 args = parse_args()
 cfg = load_config(args.config, args.set + [f"train.strategy={{args.strategy}}"])

@@ -209,7 +209,7 @@ def test_cli_pack_recordio(tmp_path, capsys):
                                   decode_image(tf.constant(folder.paths[123])).numpy())
 
     assert data_main(["pack", str(tmp_path / "none"), str(tmp_path / "x.rec"), "--quiet"]) == 2
-    assert "distface.data: image root" in capsys.readouterr().err
+    assert "distface: image root" in capsys.readouterr().err
     assert not (tmp_path / "x.rec").exists() and not list(tmp_path.glob(".*.tmp"))
 
 

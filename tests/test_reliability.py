@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distface.checkpoint import complete_steps, merge_head
+from distface.training.checkpoint import complete_steps, merge_head
 
 HERE = Path(__file__).parent
 HOROVODRUN = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
-BASE = ["-m", "distface.train", "--config", "configs/debug.yaml", "--quiet", "--set", "model.image_size=[56, 48]",
+BASE = ["-m", "distface.train", "--config", "distface/configs/debug.yaml", "--quiet", "--set", "model.image_size=[56, 48]",
         "--set", "data.batch_size=8", "--set", "eval.flip=false", "--set", "train.checkpoint_every=5"]
 
 
@@ -151,7 +151,7 @@ def test_resume_at_another_world_size_says_the_new_global_batch(two_replica_run,
 
 
 def test_export_matches_training_model(two_replica_run, tmp_path):
-    from distface.checkpoint import load_backbone
+    from distface.training.checkpoint import load_backbone
     from distface.data.orl import orl_split
     from distface.data.pipeline import eval_images
     from distface.eval.runner import embed

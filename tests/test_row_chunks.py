@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from distface.ops import row_chunks
 from distface.heads.classifier import inverse_row_norms
-from distface.loop import _non_finite_count, _square_sum
+from distface.training.trainer import _non_finite_count, _square_sum
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from distface.config import OptimConfig
 from distface.heads.classifier import block_scores
 from distface.ops import row_chunks, row_gradient, rows_in_place
 from distface.ops.row_gradient import RowGradient
-from distface.optim import MomentumSGD
+from distface.training.optim import MomentumSGD
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 
@@ -266,7 +266,7 @@ def test_training_with_the_update_in_place_off_equals_in_place(engine, sharding,
 
 
 def test_a_run_stops_naming_every_cause_when_the_block_is_not_written_in_place(small_chunks):
-    from distface.loop import TrainingStopped, _check_in_place
+    from distface.training.trainer import TrainingStopped, _check_in_place
 
     engine = SingleEngine()
     data = make_problem(50, 6, seed=2)

@@ -103,7 +103,7 @@ def test_horovod_sharded_centers_equal_single_device(reference, tmp_path):
      "loss.center_sharding: sharded centers live beside the head's class blocks: needs head.sharding: sharded"),
 ])
 def test_center_sharding_config_errors(overrides, message):
-    from distface.components import load_config
+    from distface.checked_config import load_config
     from distface.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
@@ -117,8 +117,8 @@ def test_center_sharding_config_errors(overrides, message):
     (["loss.center_sharding=sharded", "head.sharding=replicated"], None),  # no center loss: nothing to place
 ])
 def test_center_sharding_resolves(overrides, placement):
-    from distface.components import load_config
-    from distface.objectives import Classification
+    from distface.checked_config import load_config
+    from distface.training.objectives import Classification
     from distface.parallel.single import SingleEngine
 
     objective = Classification(load_config(None, overrides), SingleEngine(), 11)
@@ -128,7 +128,7 @@ def test_center_sharding_resolves(overrides, placement):
 
 def test_checkpoint_from_two_replicas_resumes_on_one_and_four(tmp_path):
     """31 classes with sharded centers saved as 2 blocks of 16, read back as 1 block of 31 and 4 blocks of 8."""
-    from distface.checkpoint import merge_head
+    from distface.training.checkpoint import merge_head
     from test_reliability import probe, train as train_cli
 
     run = tmp_path / "run"

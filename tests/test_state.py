@@ -8,15 +8,15 @@ import pytest
 import tensorflow as tf
 
 from equivalence import D, build, make_config, make_problem, per_replica
-from distface.checkpoint import Checkpointer
+from distface.training.checkpoint import Checkpointer
 from distface.heads.sharded import ShardedHead
 from distface.heads.classifier import HeadOutput
-from distface.loop import Trainer
-from distface.objectives import Classification
-from distface.optim import MomentumSGD
+from distface.training.trainer import Trainer
+from distface.training.objectives import Classification
+from distface.training.optim import MomentumSGD
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
-from distface.state import TrainState
+from distface.training.state import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 

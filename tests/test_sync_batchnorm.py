@@ -13,13 +13,13 @@ import pytest
 import tensorflow as tf
 
 from equivalence import _per_replica_run, make_config, per_replica
-from distface.loop import Trainer
+from distface.training.trainer import Trainer
 from distface.models import build_backbone
 from distface.models.sync_batchnorm import SyncBatchNormalization
-from distface.objectives import Classification
-from distface.optim import MomentumSGD
+from distface.training.objectives import Classification
+from distface.training.optim import MomentumSGD
 from distface.parallel.single import SingleCollectives, SingleEngine
-from distface.state import TrainState
+from distface.training.state import TrainState
 
 HERE = Path(__file__).parent
 HOROVODRUN = shutil.which("horovodrun", path=os.path.dirname(sys.executable))

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from distface.components import load_config
-from distface.train import Session
+from distface.checked_config import load_config
+from distface.training.session import Session
 
 FAST = ["model.image_size=[56, 48]", "data.batch_size=16", "eval.flip=false", "train.log_every=1"]
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "distface.train", "--config", "configs/debug.yaml", *args],
+    return subprocess.run([sys.executable, "-m", "distface.train", "--config", "distface/configs/debug.yaml", *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("head", ["normface", "softmax"])
 def test_thirty_steps_lower_the_loss(tmp_path, head):
-    cfg = load_config("configs/debug.yaml", FAST + [f"head.type={head}", f"train.out_dir={tmp_path}",
+    cfg = load_config("distface/configs/debug.yaml", FAST + [f"head.type={head}", f"train.out_dir={tmp_path}",
                                                     "train.steps=30", "optim.warmup_steps=5"])
     session = Session(cfg, quiet=True)
     losses = [float(session.trainer.train_step(*next(session.dataset)).scalars["loss"]) for _ in range(30)]
@@ -83,7 +83,7 @@ def test_train_from_recordio_and_eval_on_bin_set(tmp_path):
     pack = subprocess.run([*data, "pack", str(folder), str(tmp_path / "train.rec"), "--extensions", ".pgm",
                            "--quiet"], capture_output=True, text=True, timeout=300)
     assert pack.returncode == 0, pack.stderr
-    pairs = orl_pairs_file(load_config("configs/debug.yaml").eval, tmp_path)
+    pairs = orl_pairs_file(load_config("distface/configs/debug.yaml").eval, tmp_path)
     binset = subprocess.run([*data, "bin", str(pairs), str(orl_root()), str(tmp_path / "orl_pairs.bin"), "--quiet"],
                             capture_output=True, text=True, timeout=300)
     assert binset.returncode == 0, binset.stderr
@@ -107,6 +107,6 @@ def test_every_config_trains(tmp_path, name):
     """Each shipped config builds its backbone, head and data and takes finite steps (at a tiny batch)."""
     small = ["data.batch_size=4", "data.identities_per_batch=2", "data.images_per_identity=2", "eval.flip=false",
              f"train.out_dir={tmp_path}", "train.steps=2"]
-    session = Session(load_config(f"configs/{name}", small), quiet=True)
+    session = Session(load_config(f"distface/configs/{name}", small), quiet=True)
     for _ in range(2):
         assert np.isfinite(float(session.trainer.train_step(*next(session.dataset)).scalars["loss"]))

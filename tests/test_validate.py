@@ -51,7 +51,7 @@ def test_every_orl_image_passes():
 
 
 def cli(tree, out, *args):
-    return subprocess.run([sys.executable, "-m", "distface.train", "--config", "configs/debug.yaml",
+    return subprocess.run([sys.executable, "-m", "distface.train", "--config", "distface/configs/debug.yaml",
                            "--set", "data.source=folder", "--set", f"data.path={tree}", "--set", "data.batch_size=4",
                            "--set", "train.steps=2", "--set", "model.image_size=[40, 36]", "--set", "eval.flip=false",
                            "--set", f"train.out_dir={out}", *args], capture_output=True, text=True, timeout=300)
@@ -81,12 +81,12 @@ class NotChief:
 @pytest.mark.parametrize("chief", [True, False], ids=["chief", "worker"])
 def test_only_the_chief_reports_left_out_images(tree, tmp_path, capsys, monkeypatch, chief):
     import distface.parallel
-    from distface.components import load_config
+    from distface.checked_config import load_config
     from distface.parallel.single import SingleEngine
-    from distface.train import Session
+    from distface.training.session import Session
 
     monkeypatch.setattr(distface.parallel, "build_engine", lambda *args: SingleEngine() if chief else NotChief())
-    cfg = load_config("configs/debug.yaml", ["data.source=folder", f"data.path={tree}", "data.bad_images=skip",
+    cfg = load_config("distface/configs/debug.yaml", ["data.source=folder", f"data.path={tree}", "data.bad_images=skip",
                                              "data.batch_size=4", "model.image_size=[40, 36]",
                                              f"train.out_dir={tmp_path / 'run'}"])
     Session(cfg, quiet=True)

@@ -8,8 +8,8 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector
 
-from distface import visualize
-from distface.visualize import feature_plane_image, identity_colour, log_image, write_projector
+from distface.eval import visualize
+from distface.eval.visualize import feature_plane_image, identity_colour, log_image, write_projector
 
 N, D, H, W = 10, 5, 128, 96  # 10 points: a 4 x 4 grid with 6 empty cells; 128 x 96 halves to a 64 x 48 thumbnail
 

@@ -1,7 +1,7 @@
-"""python -m distface.data pack FOLDER OUT.rec | OUT.tfrecord [--files N] [--extensions .jpg,.png]
+"""distface pack FOLDER OUT.rec | OUT.tfrecord [--files N] [--extensions .jpg,.png]
     [--bad-images fail | skip] [--quiet]
-python -m distface.data bin PAIRS_FILE IMAGE_ROOT OUT.bin [--bad-images fail | skip] [--quiet]
-python -m distface.data align RAW_DIR ALIGNED_DIR [--size 112x112 | 112x96] [--all] [--workers N] [--ext .png | .jpg]
+distface bin PAIRS_FILE IMAGE_ROOT OUT.bin [--bad-images fail | skip] [--quiet]
+distface align RAW_DIR ALIGNED_DIR [--size 112x112 | 112x96] [--all] [--workers N] [--ext .png | .jpg]
     [--quiet]
 
 pack: an image tree with one sub-folder per identity -> insightface's RecordIO (OUT.rec, OUT.idx, property) or
@@ -18,13 +18,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from distface.console import add_verbose, quiet_tensorflow
 from distface.progress import Progress
 
 FORMATS = {".rec": "recordio", ".tfrecord": "tfrecord", ".tfrec": "tfrecord"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m distface.data", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="distface", description=__doc__.split("\n\n")[1])
     sub = p.add_subparsers(dest="command", required=True)
     pack = sub.add_parser("pack", help="pack an identity-folder tree into RecordIO or TFRecord")
     pack.add_argument("folder", help="image root: one sub-folder per identity")
@@ -50,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     align.add_argument("--workers", type=int, help="processes (default: one per core)")
     align.add_argument("--ext", choices=(".png", ".jpg"), default=".png", help="output format (default .png)")
     align.add_argument("--quiet", action="store_true", help="no progress line")
+    for command in (pack, pairs, align):
+        add_verbose(command)
     return p.parse_args(argv)
 
 
@@ -123,13 +126,14 @@ COMMANDS = {"pack": (pack, "packed"), "bin": (make_bin, "encoded"), "align": (al
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_tensorflow(args.verbose)
     command, verb = COMMANDS[args.command]
     progress = Progress(verb, args.quiet)
     try:
         summary = command(args, progress)
     except (ValueError, OSError, ImportError) as err:
         progress.close()
-        print(f"distface.data: {err}", file=sys.stderr)
+        print(f"distface: {err}", file=sys.stderr)
         return 2
     print(summary)
     return 0

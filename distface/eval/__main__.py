@@ -1,4 +1,4 @@
-"""python -m distface.eval --checkpoint RUN_DIR [--pairs pairs.txt --images ROOT] [--gallery N] [--plots DIR]
+"""distface eval --checkpoint RUN_DIR [--pairs pairs.txt --images ROOT] [--gallery N] [--plots DIR]
 
 Re-evaluates the latest checkpoint of a training run on a pairs file (default: the run's eval section): the
 verification figures, and 1:N identification on the set's images where their identities are known (the ORL
@@ -7,18 +7,22 @@ s31..s40 default: one gallery image per identity, the other nine as probes).
 import argparse
 import sys
 
+from distface.console import add_verbose, quiet_tensorflow
+
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distface.eval", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="distface eval", description=__doc__.split("\n\n")[1])
     p.add_argument("--checkpoint", required=True, help="a run directory written by distface.train")
     p.add_argument("--pairs", help="LFW-format pairs file (default: the run's eval.pairs or its ORL pairs)")
     p.add_argument("--images", help="image root the pairs refer to (default: the run's eval.images or ORL)")
     p.add_argument("--no-flip", action="store_true", help="do not add the mirrored images' embeddings")
     p.add_argument("--gallery", type=int, default=1, help="gallery images per identity for identification")
     p.add_argument("--plots", help="folder to write roc.png and cmc.png into")
+    add_verbose(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
-        from distface.checkpoint import load_backbone
+        from distface.training.checkpoint import load_backbone
         from distface.data.orl import orl_root
         from distface.eval.runner import load_verification_set, verification_set_from_config
 

@@ -43,7 +43,7 @@ class Evaluator:
         return records
 
     def _image(self, tag: str, image: np.ndarray, step: int) -> None:
-        from distface.visualize import log_image
+        from distface.eval.visualize import log_image
 
         if self.monitor.writer is not None:
             log_image(self.monitor.writer, tag, image, step)
@@ -51,7 +51,7 @@ class Evaluator:
     def _visualize(self, backbone, vset, embeddings, step: int) -> None:
         """Projector of the eval embeddings (identity labels, image sprite); for 2-D features the center-loss
         paper's feature-plane figure of the raw (unnormalised) features."""
-        from distface.visualize import feature_plane_image, write_projector
+        from distface.eval.visualize import feature_plane_image, write_projector
 
         write_projector(self.out_dir / "tb", vset.name, embeddings, vset.identities, vset.images, step)
         if self.cfg.model.embedding_size == 2:

@@ -57,8 +57,8 @@ def verification_sets(cfg: EvalConfig, image_size, out_dir: str | Path) -> list[
 
 def embed(backbone, images: np.ndarray, batch_size: int = 64, flip: bool = True) -> np.ndarray:
     """L2-normalised embeddings; with `flip`, of the sum of the image's and its mirror's embeddings. Computed by
-    the export's own function (inference.build_module), traced once: what is evaluated is what is deployed."""
-    from distface.inference import build_module
+    the export's own function (models.embedder.build_module), traced once: what is evaluated is what is deployed."""
+    from distface.models.embedder import build_module
 
     module = build_module(backbone, images.shape[1:3], flip)  # a tf.function holds its module weakly
     out = [module.embed_float(tf.constant(images[start:start + batch_size]))["embeddings"].numpy()

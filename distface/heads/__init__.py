@@ -20,7 +20,7 @@ class MarginParamError(ValueError):
 def check_margin_params(*, scale: float = 30.0, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
                         sphere_m: int = 4, warmup_steps: int = 0) -> None:
     """Raises MarginParamError for the first parameter out of range. The one copy of these rules: margins.make_margin,
-    margins.sphereface and config validation (distface.components) all call it."""
+    margins.sphereface and config validation (distface.checked_config) all call it."""
     is_int = isinstance(sphere_m, int) and not isinstance(sphere_m, bool)
     for param, value, ok, rule in (("scale", scale, scale > 0, "> 0"), ("m1", m1, m1 >= 1, ">= 1"),
                                    ("m2", m2, m2 >= 0, ">= 0"), ("m3", m3, m3 >= 0, ">= 0"),

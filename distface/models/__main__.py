@@ -9,6 +9,7 @@ Parameters are trainable scalars; GMACs are multiply-accumulates per image in co
 import argparse
 import sys
 
+from distface.console import add_verbose, quiet_tensorflow
 from distface.models import BACKBONES, DEFAULT_EMBEDDING, DEFAULT_INPUT
 
 
@@ -21,11 +22,13 @@ def _measure(name, image_size, embedding_size):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distface.models", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="distface models", description=__doc__.splitlines()[0])
     parser.add_argument("--summary", required=True, metavar="NAME", help="a registered backbone, or 'all'")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="default: the backbone's own")
     parser.add_argument("--embedding-size", type=int, metavar="D", help="default: the backbone's own")
+    add_verbose(parser)
     args = parser.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     if args.summary != "all" and args.summary not in BACKBONES:
         print(f"distface: unknown backbone {args.summary!r} (known: {', '.join(sorted(BACKBONES))})",
               file=sys.stderr)

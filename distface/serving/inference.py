@@ -1,7 +1,7 @@
 """Embeddings from a training run or an exported model, through one interface (`load_model`).
 
 A run directory (config.yaml + checkpoints) runs its latest checkpoint's backbone; an export directory (see
-distface.export: distface.json beside a SavedModel, model.onnx or model.tflite) runs the exported file with
+distface.serving.export: distface.json beside a SavedModel, model.onnx or model.tflite) runs the exported file with
 TensorFlow, onnxruntime or the TFLite interpreter. Either way the model maps float32 images [n, h, w, 3], normalised
 as in training ((x - 127.5) / 128), to L2-normalised float32 embeddings [n, d] computed as the run's evaluation
 computes them (with the mirrored image when eval.flip), and carries the distance threshold its last evaluation
@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-EXPORT_INFO = "distface.json"  # an export directory's description, written last by distface.export
+EXPORT_INFO = "distface.json"  # an export directory's description, written last by distface.serving.export
 MODEL_FILES = {"savedmodel": "", "onnx": "model.onnx", "tflite": "model.tflite"}  # relative to the export dir
 
 
@@ -70,7 +70,8 @@ def load_model(path: str | Path) -> Model:
         threshold = Threshold(**info["threshold"]) if info.get("threshold") else None
         forward = exported_forward(info["format"], path / MODEL_FILES[info["format"]])
         return Model(forward, tuple(info["image_size"]), threshold, f"{info['format']} {path}")
-    from distface.checkpoint import load_backbone
+    from distface.models.embedder import build_module
+    from distface.training.checkpoint import load_backbone
 
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(f"{path}: neither a run directory (config.yaml) nor an export ({EXPORT_INFO})")
@@ -78,36 +79,6 @@ def load_model(path: str | Path) -> Model:
     module = build_module(backbone, cfg.model.image_size, cfg.eval.flip)
     return Model(lambda x: module.embed_float(x)["embeddings"].numpy(), tuple(cfg.model.image_size),
                  run_threshold(path), checkpoint)
-
-
-def build_module(backbone, image_size, flip: bool = False):
-    """The backbone as a tf.Module with two serving functions: `embed_float` takes images normalised as in training,
-    `embed_uint8` takes uint8 images of the configured size; both return {"embeddings": L2-normalised [N, d]}.
-
-    flip: the embedding of the image plus its mirror's (before normalising), as evaluation computes it with
-    eval.flip (distface.eval.runner.embed), so that the run's threshold applies to the output as it is.
-    """
-    import tensorflow as tf
-
-    h, w = image_size
-
-    class Embedder(tf.Module):
-        def __init__(self):
-            super().__init__(name="distface_embedder")
-            self.backbone = backbone
-
-        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")])
-        def embed_float(self, images):
-            embeddings = self.backbone(images, training=False)
-            if flip:
-                embeddings = embeddings + self.backbone(tf.reverse(images, axis=[2]), training=False)
-            return {"embeddings": tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)}
-
-        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")])
-        def embed_uint8(self, images):
-            return self.embed_float((tf.cast(images, tf.float32) - 127.5) / 128.0)
-
-    return Embedder()
 
 
 def export_info(fmt: str, image_size, embedding_size: int, flip: bool, threshold: Threshold | None,

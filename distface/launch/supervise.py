@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from launch.plan import Job
+from distface.launch.plan import Job
 
 GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 FIRST_RANK = re.compile(r"^Process name: (\d+)$")

@@ -13,12 +13,12 @@ import os
 import shutil
 import sys
 
-from launch import plan, slurm, supervise
-from launch.errors import LaunchError
+from distface.launch import plan, slurm, supervise
+from distface.launch.errors import LaunchError
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m launch", description=__doc__.split("\n\n")[1].replace("\n", " "),
+    p = argparse.ArgumentParser(prog="distface launch", description=__doc__.split("\n\n")[1].replace("\n", " "),
                                 allow_abbrev=False)
     p.add_argument("--engine", choices=("auto",) + plan.ENGINES, default="auto",
                    help="auto: horovod with --hosts, --hostfile or --np; multiworker with --workers; mirrored "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from launch.errors import LaunchError
+from distface.launch.errors import LaunchError
 
 
 def _split_top(text: str) -> list[str]:

@@ -6,12 +6,7 @@ import time
 
 import tensorflow as tf
 
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+from distface.progress import format_duration
 
 
 class Monitor:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from distface.centers import build_centers, center_sharding
+from distface.training.centers import build_centers, center_sharding
 from distface.config import Config, require
 from distface.heads.build import build_head
 from distface.losses.center import center_distance

@@ -47,11 +47,11 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"head.{_HEAD_KEYS.get(err.param, err.param)}: must be {err.rule}") from None
     _known("train.strategy", cfg.train.strategy, STRATEGIES, "strategy")
 
-    from distface.centers import CENTER_SHARDINGS
+    from distface.training.centers import CENTER_SHARDINGS
     from distface.losses.center import CENTER_UPDATE_VARIANTS
     from distface.losses.triplet import DISTANCES, MININGS
-    from distface.objectives import OBJECTIVES
-    from distface.optim import HEAD_UPDATES
+    from distface.training.objectives import OBJECTIVES
+    from distface.training.optim import HEAD_UPDATES
 
     _known("optim.head_update", cfg.optim.head_update, HEAD_UPDATES, "head update")
     lo = cfg.loss

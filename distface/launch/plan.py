@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 
 from distface.parallel import STRATEGIES
-from launch.errors import LaunchError
+from distface.launch.errors import LaunchError
 
 ENGINES = tuple(name for name in STRATEGIES if name != "auto")  # the launcher resolves auto itself (cli.py)
 DEFAULT_PORT = 23456

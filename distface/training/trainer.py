@@ -14,7 +14,7 @@ import tensorflow as tf
 from distface.config import Config
 from distface.ops.row_gradient import RowGradient
 from distface.ops.row_chunks import chunked_sum
-from distface.state import REPLICATED, SHARDED, TrainState
+from distface.training.state import REPLICATED, SHARDED, TrainState
 
 LOSS_SCALE_PERIOD = 2000  # good float16 steps before the loss scale doubles
 
@@ -241,7 +241,7 @@ def _check_in_place(trainer: Trainer, metrics: StepMetrics) -> None:
 
 
 def _check_streak(trainer: Trainer, checkpointer, max_bad_steps: int) -> None:
-    from distface.checkpoint import complete_steps
+    from distface.training.checkpoint import complete_steps
 
     streak = int(trainer.state.counters["bad_streak"].numpy())
     if streak >= max_bad_steps:

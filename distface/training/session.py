@@ -1,0 +1,140 @@
+"""A run built from its config: config -> runtime -> data -> state -> step -> checkpoints -> evaluation, each
+piece checked before anything is written (the wiring the train command and the figures run)."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from distface.config import Config, InputError
+
+
+@contextlib.contextmanager
+def precision_policy(mode: str):
+    """Build the backbone under a Keras mixed-precision policy; heads and losses stay float32."""
+    import tensorflow as tf
+
+    previous = tf.keras.mixed_precision.global_policy()
+    if mode != "none":
+        tf.keras.mixed_precision.set_global_policy(f"mixed_{mode}")
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def removed_if_refused(out_dir: Path, chief: bool):
+    """The run folder (the chief makes it) for a block that writes into it and may still refuse the run: a
+    folder this block made is removed again when it raises."""
+    made = chief and not out_dir.exists()
+    if chief:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+class Session:
+    """Everything a run needs, built (and validated) before the first step, in the order each piece needs the
+    previous: the runtime places variables, the training set gives the class count, the state holds the
+    variables, the checkpoint restores them, and only then the data stream knows where to start."""
+
+    def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False):
+        import tensorflow as tf
+
+        from distface.training.checkpoint import (Checkpointer, check_resume, checkpoint_dir, complete_steps, read_manifest,
+                                         save_config)
+        from distface.data.batches import BATCHES, batches_plan
+        from distface.data.failures import BadRecords
+        from distface.data.sources import train_source
+        from distface.eval.records import Evaluator, NoEvaluation
+        from distface.training.trainer import Trainer
+        from distface.models import build_backbone
+        from distface.training.monitor import Monitor
+        from distface.training.objectives import OBJECTIVES
+        from distface.training.optim import MomentumSGD
+        from distface.parallel import build_engine
+        from distface.progress import Progress
+        from distface.training.state import TrainState
+
+        self.cfg = cfg
+        self.out_dir = out_dir = Path(cfg.train.out_dir)
+        if not resume and checkpoint_dir(out_dir).is_dir() and any(checkpoint_dir(out_dir).iterdir()):
+            raise InputError(f"train.out_dir: {out_dir} already holds checkpoints; "
+                             "pass --resume to continue or choose another train.out_dir")
+        saved = check_resume(cfg, out_dir) if resume and complete_steps(out_dir) else None
+        self.runtime = runtime = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
+        # Nothing is written until every check has passed (the data, the batch, the model, a resume, the
+        # verification sets): a refused run leaves no folder behind and adds nothing to a resumed one.
+        self.training_set = train_source(cfg, Progress("screened", quiet or not runtime.is_chief))
+        self.objective_cls = OBJECTIVES[cfg.loss.type]
+        # Distribution: one input pipeline per process (its shard of the set).
+        plan = batches_plan(self.objective_cls.batches, cfg, self.training_set.source, runtime.num_processes,
+                            runtime.process_index)
+        # TensorBoard's event file appears at the first scalar written.
+        self.monitor = Monitor(str(out_dir / "tb"), cfg.train.steps, cfg.data.batch_size * runtime.num_replicas,
+                               enabled=runtime.is_chief, quiet=quiet)
+        if runtime.is_chief and self.training_set.summary():  # rank 0 speaks
+            print(f"distface: {self.training_set.summary()}", file=sys.stderr)
+        if plan:
+            self.monitor.say(plan)
+
+        tf.keras.utils.set_random_seed(cfg.train.seed)
+        with runtime.scope(), precision_policy(cfg.train.mixed_precision):
+            # Distribution: model.sync_batchnorm computes BatchNorm statistics over the runtime's collectives.
+            backbone = build_backbone(cfg.model.backbone, cfg.model.image_size, cfg.model.embedding_size,
+                                      cfg.model.dropout, runtime.collectives if cfg.model.sync_batchnorm else None)
+        self.objective = self.objective_cls(cfg, runtime, self.training_set.num_classes)
+        self.state = TrainState(runtime, backbone, self.objective, cfg.train.mixed_precision == "float16")
+        self.trainer = Trainer(cfg, runtime, self.state, self.objective,
+                               MomentumSGD(cfg.optim, cfg.train.steps, runtime))
+        head = self.state.head
+        layout = {"num_classes": self.training_set.num_classes, "embedding_size": cfg.model.embedding_size,
+                  "head": None if head is None else head.kind, "block_size": None if head is None else head.block_size}
+        self.checkpointer = Checkpointer(self.state, runtime, layout, out_dir, cfg.train.keep_checkpoints)
+        if saved is not None:
+            step = self.checkpointer.restore()
+            self.monitor.say(f"resumed from {checkpoint_dir(out_dir)}/ckpt-{step} at step {step}")
+            before = saved.data.batch_size * read_manifest(out_dir, step)["world_size"]
+            if before != self.trainer.global_batch:
+                self.monitor.say(f"the global batch is now {self.trainer.global_batch} (saved at {before}); "
+                                 f"learning rate in use {self.trainer.learning_rate():.4g} (optim.lr "
+                                 f"{cfg.optim.lr:g}; README: the scaling rule)")
+        elif resume:
+            self.monitor.say(f"--resume: no complete checkpoint in {checkpoint_dir(out_dir)}, starting at step 0")
+        with removed_if_refused(out_dir, runtime.is_chief):  # the default ORL pairs file is written, then read
+            self.evaluate = Evaluator(cfg, out_dir, self.monitor) if runtime.is_chief else NoEvaluation()
+        # Distribution: replicas start from the chief's replicated state (head blocks stay per replica).
+        runtime.broadcast_from_chief(self.state.replicated_state())
+        if runtime.is_chief:
+            save_config(cfg, out_dir)
+        # Exact resume: the data stream is a function of the seed; the runtime skips the batches trained on.
+        # Images that cannot be decoded are dropped and counted there, or stop the run (data.bad_images).
+        make_batches = BATCHES[self.objective.batches]
+        self.bad_records = BadRecords(cfg.data.bad_images)
+        self.dataset = runtime.distribute_dataset(
+            lambda shards, index, skip: make_batches(cfg, self.training_set.source, shards, index, skip,
+                                                     self.bad_records),
+            int(self.state.step.numpy()))
+
+    def train(self) -> list[dict]:
+        """Train to train.steps, then the final evaluation (its records)."""
+        from distface.training.trainer import train_loop
+
+        cfg, monitor = self.cfg, self.monitor
+        start = int(self.state.step.numpy())
+        monitor.say(f"training {cfg.model.backbone} + {self.objective.describe(cfg)} | engine "
+                    f"{self.runtime.name} x{self.runtime.num_replicas} | global batch {self.trainer.global_batch} | "
+                    f"steps {start}..{cfg.train.steps} | out {self.out_dir}")
+        began = time.perf_counter()
+        train_loop(self.trainer, self.dataset, self.checkpointer, self.evaluate, monitor, self.bad_records)
+        monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
+        result = self.evaluate(self.state.backbone, cfg.train.steps)
+        monitor.close()
+        return result
