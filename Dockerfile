@@ -1,8 +1,8 @@
 # distface on GPUs: TensorFlow 2.21 (CUDA), Horovod 0.28.1 with NCCL (GPU collectives) and Gloo (no MPI needed),
-# distface installed in /opt/distface; the entry point is the trainer. See README.md, "Scaling out".
+# distface installed in /opt/distface; the entry point is the `distface` command. See docs/scaling.md.
 #   docker build -t distface .
-#   docker run --gpus all --rm -v "$PWD/runs:/opt/distface/runs" distface --config configs/orl_arcface.yaml
-#   docker run --gpus all --rm --entrypoint python distface -m launch --np 8 -- --config configs/orl_arcface.yaml
+#   docker run --gpus all --rm -v "$PWD/runs:/opt/distface/runs" distface train --config orl_arcface
+#   docker run --gpus all --rm -v "$PWD/runs:/opt/distface/runs" distface launch --np 8 -- --config orl_arcface
 # The base image's TensorFlow is the `tensorflow` wheel with NVIDIA's CUDA libraries: the wheel launch/setup.sh
 # installs on every machine (CPU and GPU kernels in one wheel).
 FROM tensorflow/tensorflow:2.21.0-gpu
@@ -11,7 +11,7 @@ ARG HOROVOD_VERSION=0.28.1
 ENV PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
-# distface supports Python 3.11 only (setup.py): stop here rather than at the first import.
+# distface supports Python 3.11 only (pyproject.toml): stop here rather than at the first import.
 RUN python3 -c 'import sys; v = sys.version_info[:2]; assert v == (3, 11), f"distface needs Python 3.11, the image has {v}"' \
  && { command -v python >/dev/null || ln -s "$(command -v python3)" /usr/local/bin/python; }
 
@@ -52,6 +52,6 @@ RUN python3 -m pip install --no-cache-dir cloudpickle psutil pyyaml packaging cf
 WORKDIR /opt/distface
 COPY . .
 RUN python3 -m pip install --no-cache-dir . \
- && python3 -m launch --np 2 --dry-run > /dev/null
+ && distface launch --np 2 --dry-run > /dev/null
 
-ENTRYPOINT ["python", "-m", "distface.train"]
+ENTRYPOINT ["distface"]

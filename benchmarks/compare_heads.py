@@ -1,4 +1,4 @@
-"""Train every configs/orl_*.yaml of the debug backbone (same input size and step budget) and print a markdown
+"""Train every distface/configs/orl_*.yaml of the debug backbone (same input size and step budget) and print a markdown
 table of the 10-fold verification on the unseen ORL identities s31..s40, measured in this run.
 
     .venv/bin/python benchmarks/compare_heads.py [--out runs/compare] [--set key=value ...]
@@ -22,7 +22,7 @@ def main() -> None:
     if not args.configs:
         from distface.checked_config import load_config
 
-        args.configs = [str(c) for c in sorted((ROOT / "configs").glob("orl_*.yaml"))
+        args.configs = [str(c) for c in sorted((ROOT / "distface" / "configs").glob("orl_*.yaml"))
                         if load_config(c).model.backbone == "debug"]
     print("| config | objective | accuracy (10-fold) | VAL @ FAR | AUC | EER | train time |")
     print("|---|---|---|---|---|---|---|")

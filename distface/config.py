@@ -9,6 +9,7 @@ config meets the registries, `distface.checked_config.load_config`, the loader t
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1  # per replica batch; see README "scaling rule"
+    lr: float = 0.1  # per replica batch; see docs/scaling.md, "Batch size and learning rate"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_steps: int = 100
@@ -119,7 +120,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "auto"  # see distface.parallel.STRATEGIES
     cpu_replicas: int = 0  # mirrored without GPUs: split the CPU into this many logical devices (tests, debug)
-    out_dir: str = "runs/debug"
+    out_dir: str = ""  # empty: a new runs/<config name>-<YYYYmmdd-HHMMSS> (distface.training.run_folder)
     log_every: int = 20
     eval_every: int = 0  # 0: only at the end
     checkpoint_every: int = 200
@@ -155,13 +156,30 @@ SCHEDULES = ("cosine", "step", "constant")
 AUGMENT_POLICIES = ("none", "faces")  # the names of distface.data.augment.POLICIES (config imports no distface)
 
 
+def shipped_configs() -> dict[str, Path]:
+    """{name: file} of the configs that ship inside the package (distface/configs/*.yaml)."""
+    folder = importlib.resources.files("distface") / "configs"
+    return {f.name.removesuffix(".yaml"): Path(str(f)) for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def config_file(name: str | Path) -> Path:
+    """A --config value as a file: the file, when one exists at that path, else the shipped config of that name
+    (`orl_arcface` or `orl_arcface.yaml`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    key = path.name.removesuffix(".yaml")
+    if path.parent == Path(".") and key in shipped:
+        return shipped[key]
+    raise ConfigError(f"--config: no such file: {name} (nor a shipped config; shipped: {', '.join(sorted(shipped))})")
+
+
 def parse_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Config from a YAML file (or the defaults) plus `section.key=value` overrides, checked without registries."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config: no such file: {path}")
+        path = config_file(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
@@ -313,7 +331,6 @@ def validate(c: Config) -> None:
     require(t.steps > 0, "train.steps", "must be > 0")
     require(t.cpu_replicas >= 0, "train.cpu_replicas", "must be >= 0")
     require(t.cpu_replicas == 0 or t.strategy == "mirrored", "train.cpu_replicas", "needs train.strategy: mirrored")
-    require(bool(t.out_dir), "train.out_dir", "must not be empty")
     require(t.log_every > 0, "train.log_every", "must be > 0")
     require(t.eval_every >= 0, "train.eval_every", "must be >= 0")
     require(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")

@@ -42,7 +42,7 @@ esac
 PY="$VENV/bin/python"
 
 stamp="$VENV/.distface-setup"
-want="$(cat setup.py launch/setup.sh | sha256sum | cut -c1-16) $TF_PKG ${DISTFACE_NO_HOROVOD:-0} $HOROVOD_GPU"
+want="$(cat pyproject.toml launch/setup.sh | sha256sum | cut -c1-16) $TF_PKG ${DISTFACE_NO_HOROVOD:-0} $HOROVOD_GPU"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: $VENV is up to date"
   exit 0

@@ -1,4 +1,4 @@
-"""python -m launch [options] [--] [distface.train arguments]
+"""distface launch [options] [--] [distface.train arguments]
 
 Starts distface.train on one machine or many: Horovod ranks (horovodrun, Gloo or MPI), one process with
 MirroredStrategy over this machine's GPUs, MultiWorkerMirroredStrategy workers (TF_CONFIG per worker, from

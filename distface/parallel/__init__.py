@@ -1,4 +1,4 @@
-"""Engines: the collective interface (engine.py) and its backends; see DESIGN.md.
+"""Engines: the collective interface (engine.py) and its backends; see docs/design.md.
 
 Backends are imported lazily, so importing distface never touches horovod or creates a strategy.
 """

@@ -45,31 +45,37 @@ class Session:
     previous: the runtime places variables, the training set gives the class count, the state holds the
     variables, the checkpoint restores them, and only then the data stream knows where to start."""
 
-    def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, quiet: bool = False, name: str = "default"):
+        """name: the config's name, which a run folder chosen for an empty train.out_dir starts with."""
         import tensorflow as tf
 
-        from distface.training.checkpoint import (Checkpointer, check_resume, checkpoint_dir, complete_steps, read_manifest,
-                                         save_config)
         from distface.data.batches import BATCHES, batches_plan
         from distface.data.failures import BadRecords
         from distface.data.sources import train_source
         from distface.eval.records import Evaluator, NoEvaluation
-        from distface.training.trainer import Trainer
         from distface.models import build_backbone
+        from distface.parallel import build_engine
+        from distface.progress import Progress
+        from distface.training.checkpoint import (Checkpointer, check_resume, checkpoint_dir, complete_steps,
+                                                  read_manifest, save_config)
         from distface.training.monitor import Monitor
         from distface.training.objectives import OBJECTIVES
         from distface.training.optim import MomentumSGD
-        from distface.parallel import build_engine
-        from distface.progress import Progress
+        from distface.training.run_folder import choose_run_folder
         from distface.training.state import TrainState
+        from distface.training.trainer import Trainer
 
         self.cfg = cfg
+        self.runtime = runtime = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
+        new_folder = False
+        if not cfg.train.out_dir:
+            folder, earlier = choose_run_folder(name, resume, runtime)
+            cfg.train.out_dir, new_folder = str(folder), not earlier
         self.out_dir = out_dir = Path(cfg.train.out_dir)
         if not resume and checkpoint_dir(out_dir).is_dir() and any(checkpoint_dir(out_dir).iterdir()):
             raise InputError(f"train.out_dir: {out_dir} already holds checkpoints; "
                              "pass --resume to continue or choose another train.out_dir")
         saved = check_resume(cfg, out_dir) if resume and complete_steps(out_dir) else None
-        self.runtime = runtime = build_engine(cfg.train.strategy, cfg.train.cpu_replicas)
         # Nothing is written until every check has passed (the data, the batch, the model, a resume, the
         # verification sets): a refused run leaves no folder behind and adds nothing to a resumed one.
         self.training_set = train_source(cfg, Progress("screened", quiet or not runtime.is_chief))
@@ -105,7 +111,9 @@ class Session:
             if before != self.trainer.global_batch:
                 self.monitor.say(f"the global batch is now {self.trainer.global_batch} (saved at {before}); "
                                  f"learning rate in use {self.trainer.learning_rate():.4g} (optim.lr "
-                                 f"{cfg.optim.lr:g}; README: the scaling rule)")
+                                 f"{cfg.optim.lr:g}; docs/scaling.md: batch size and learning rate)")
+        elif resume and new_folder:
+            self.monitor.say(f"--resume: no earlier run of {name} in {out_dir.parent}/, starting {out_dir} at step 0")
         elif resume:
             self.monitor.say(f"--resume: no complete checkpoint in {checkpoint_dir(out_dir)}, starting at step 0")
         with removed_if_refused(out_dir, runtime.is_chief):  # the default ORL pairs file is written, then read
@@ -137,4 +145,7 @@ class Session:
         monitor.say(f"trained {cfg.train.steps - start} steps in {time.perf_counter() - began:.0f} s")
         result = self.evaluate(self.state.backbone, cfg.train.steps)
         monitor.close()
+        # Distribution: the processes leave together. A worker that exits while the chief still evaluates stops
+        # sending heartbeats, and MultiWorkerMirrored's coordination service then reports it as a crashed task.
+        self.runtime.barrier()
         return result
