@@ -30,7 +30,8 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     if verbose or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++: only fatal errors
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # Python: its warnings (retracing, deprecations)
+    for logger in ("tensorflow", "absl"):  # Python: their warnings (retracing, eager collectives, saving)
+        logging.getLogger(logger).setLevel(logging.ERROR)
     with _start_up_notes_dropped():
         import tensorflow  # noqa: F401
 

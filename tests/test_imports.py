@@ -99,3 +99,28 @@ def test_tensorflow_internals_stay_in_the_ops_package():
     assert outside == []
     graph = import_graph()
     assert all(m.startswith("distface.ops") for name in graph if name.startswith("distface.ops") for m in graph[name])
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_training_never_reaches_serving():
+    """docs/design.md: serving (inference, images, export, embed, verify) sits above training; nothing that
+    training imports, directly or through eval, data or models, is a serving module."""
+    graph = import_graph()
+    for name in (n for n in graph if n.startswith("distface.training")):
+        served = sorted(m for m in reachable(graph, name) if m.startswith("distface.serving"))
+        assert not served, f"{name} reaches {served}"
+
+
+def test_top_level_holds_the_commands_and_a_few_modules():
+    """docs/design.md's layer map: the commands' entry points and the modules every layer or command shares."""
+    commands = {"cli", "__main__", "train", "export", "embed", "verify", "checkpoint", "figures"}
+    shared = {"__init__", "config", "checked_config", "console", "progress"}
+    assert {p.stem for p in PACKAGE.glob("*.py")} == commands | shared
