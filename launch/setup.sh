@@ -41,6 +41,11 @@ esac
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 
+# Python with TensorFlow's start-up notes (absl's banner, its info and warning lines) left out of stderr.
+tf_python() {
+  "$PY" "$@" 2> >(grep -vE '^(WARNING: All log messages before absl|[IW][0-9]{4} |To enable the following)' >&2)
+}
+
 stamp="$VENV/.distface-setup"
 want="$(cat pyproject.toml launch/setup.sh | sha256sum | cut -c1-16) $TF_PKG ${DISTFACE_NO_HOROVOD:-0} $HOROVOD_GPU"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -63,7 +68,7 @@ build_horovod_wheel() {
   tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
   local src="$work/horovod-$HOROVOD_VERSION"
   # Preprocess just the TensorFlow headers that file includes: if they do not resolve, leave the file out.
-  local tf_cflags probe; tf_cflags=$("$PY" -c 'import tensorflow as tf; print(" ".join(tf.sysconfig.get_compile_flags()))')
+  local tf_cflags probe; tf_cflags=$(tf_python -c 'import tensorflow as tf; print(" ".join(tf.sysconfig.get_compile_flags()))')
   probe=$(mktemp --suffix=.cc)
   grep -E '^#include "tensorflow/' "$src/horovod/tensorflow/xla_mpi_ops.cc" > "$probe"
   # shellcheck disable=SC2086
@@ -104,8 +109,8 @@ assert nccl == (sys.argv[1] == "NCCL"), f"horovod built with NCCL: {nccl}; wante
     if "$PY" -m pip show --quiet horovod 2>/dev/null; then "$PY" -m pip uninstall --quiet --yes horovod; fi
     "$PY" -m pip install --quiet "$CACHE"/horovod-$HOROVOD_VERSION-*.whl
   fi
-  "$PY" -c "$check" "$HOROVOD_GPU"
+  tf_python -c "$check" "$HOROVOD_GPU"
 fi
 
 echo "$want" > "$stamp"
-echo "setup: done ($("$PY" -c 'import tensorflow as tf; print("tensorflow", tf.__version__)'))"
+echo "setup: done ($(tf_python -c 'import tensorflow as tf; print("tensorflow", tf.__version__)'))"

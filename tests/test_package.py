@@ -2,6 +2,7 @@
 TensorFlow, and installed into a fresh virtualenv it trains, evaluates and answers --help from a folder outside the
 checkout."""
 import configparser
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,9 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # From a copy: setuptools builds in the source folder, and a stale build/ there could slip removed modules in.
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.egg-info",
+                                                                  "__pycache__", ".pytest_cache"))
     # No build isolation: the build uses this environment's setuptools, so no network is needed.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True, timeout=300)
     (built,) = out.glob("distface-*.whl")
     return built
 
