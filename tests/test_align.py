@@ -179,3 +179,51 @@ def test_align_cli_missing_folder_exits_2(tmp_path, capsys):
     assert main(["align", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+class CountedFaces:
+    """A detector that finds as many faces as the image's first pixel says, largest first, each on the template."""
+
+    def __call__(self, image):
+        from distface.align.detector import Face
+
+        return [Face(np.array([0, 0, 100 - k, 100 - k], float), 1.0, ARCFACE_112X112) for k in range(image[0, 0, 0])]
+
+
+@pytest.mark.parametrize("all_faces", [False, True], ids=["largest", "all"])
+def test_align_summary_counts_photos_with_several_faces_and_says_which_was_kept(tmp_path, monkeypatch, capsys,
+                                                                                all_faces):
+    from PIL import Image
+
+    from distface.align import folder
+    from distface.data.__main__ import main
+
+    raw, out = tmp_path / "raw", tmp_path / "aligned"
+    for identity, counts in (("a", (1, 2)), ("b", (0, 3))):
+        (raw / identity).mkdir(parents=True)
+        for i, count in enumerate(counts):
+            Image.fromarray(np.full((120, 120, 3), count, np.uint8)).save(raw / identity / f"{i}.png")
+    monkeypatch.setattr(folder, "_detector", CountedFaces())  # one worker: this process's detector is used
+    assert main(["align", str(raw), str(out), "--workers", "1", "--quiet", *(["--all"] if all_faces else [])]) == 0
+    kept = "kept every face, <name>_0 the largest" if all_faces else "kept the largest"
+    assert capsys.readouterr().out == (
+        f"aligned 3 of 4 images ({6 if all_faces else 3} faces) -> {out} | no face in 1 (listed in "
+        f"{out / 'no_face.txt'}) | more than one face in 2: {kept} (listed in {out / 'several_faces.txt'})\n")
+    assert (out / "several_faces.txt").read_text() == "a/1.png\nb/1.png\n"
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == (["a/0_0.png", "a/1_0.png", "a/1_1.png", "b/1_0.png", "b/1_1.png", "b/1_2.png"] if all_faces
+                       else ["a/0.png", "a/1.png", "b/1.png"])
+
+
+def test_align_summary_says_nothing_of_several_faces_when_each_photo_has_one(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from distface.align import folder
+    from distface.data.__main__ import main
+
+    (tmp_path / "raw" / "a").mkdir(parents=True)
+    Image.fromarray(np.full((120, 120, 3), 1, np.uint8)).save(tmp_path / "raw" / "a" / "0.png")
+    monkeypatch.setattr(folder, "_detector", CountedFaces())
+    assert main(["align", str(tmp_path / "raw"), str(tmp_path / "out"), "--workers", "1", "--quiet"]) == 0
+    assert capsys.readouterr().out == f"aligned 1 of 1 images (1 faces) -> {tmp_path / 'out'} | no face in 0\n"
+    assert not (tmp_path / "out" / "several_faces.txt").exists()

@@ -383,3 +383,51 @@ def test_skip_batches_continues_the_stream_exactly(cache):
     for (x, y), (rx, ry) in zip(whole[7:], resumed):
         np.testing.assert_array_equal(rx.numpy(), x.numpy())
         np.testing.assert_array_equal(ry.numpy(), y.numpy())
+
+
+# ---------------------------------------------------------------- images shaped unlike the model
+
+def resize_warning(h, w, to, where):
+    return (f"warning: images of {h}x{w} (such as {where}) are resized to model.image_size {to[0]}x{to[1]}, which "
+            "changes their aspect ratio; align or crop them to that shape, or set model.image_size")
+
+
+def test_resize_warning_names_both_sizes_and_the_image(tmp_path):
+    from distface.data.recordio import RecordIOSource, write_recordio
+    from distface.data.sources import TrainingSet
+
+    constant_tree(tmp_path / "square", [[10, 20], [30, 40]], size=(40, 40))
+    images = scan_identity_folders(tmp_path / "square")
+    files = TrainingSet(images, 2, 4)
+    assert files.resize_warning((112, 96)) == resize_warning(40, 40, (112, 96), images.paths[0])
+    assert files.resize_warning((112, 112)) is None and files.resize_warning((20, 20)) is None
+    write_recordio(images, tmp_path / "square.rec")
+    packed = RecordIOSource(tmp_path / "square.rec")
+    assert TrainingSet(packed, 2, 4).resize_warning((112, 96)) == \
+        resize_warning(40, 40, (112, 96), packed.describe(int(packed.keys()[0][0])))
+    in_memory = TrainingSet(synthetic_images(2, 2, (16, 12), seed=0), 2, 4)
+    assert in_memory.resize_warning((16, 16)) == resize_warning(16, 12, (16, 16), "image 0 in memory")
+    assert in_memory.resize_warning((32, 24)) is None
+
+
+def test_resize_warning_tolerates_orl_on_the_sphereface_shape_and_samples_the_set(tmp_path):
+    from distface.data import aspect
+    from distface.data.sources import TrainingSet
+
+    orl = TrainingSet(orl_split(ORL_EVAL_IDS), 10, 100)
+    # 112x92 photos on a 112x96 (or 56x48) net: 4 % wider, within ASPECT_TOLERANCE; on 112x112, 22 %
+    assert orl.resize_warning((112, 96)) is None and orl.resize_warning((56, 48)) is None
+    assert orl.resize_warning((112, 112)) == resize_warning(112, 92, (112, 112), orl.source.paths[0])
+    # one odd image in the middle of a set is found, the others are not decoded: first, middle and last only
+    constant_tree(tmp_path / "mixed", [[10, 20, 30], [40, 50]], size=(40, 40))
+    mixed = scan_identity_folders(tmp_path / "mixed")
+    Image.new("L", (80, 40)).save(mixed.paths[2])  # id0/2.pgm becomes 40x80, a landscape crop
+    decoded = []
+
+    def decode(path):
+        decoded.append(path)
+        return decode_image(tf.constant(path))
+
+    assert aspect.first_stretched(mixed.paths, decode, (40, 40)) == (mixed.paths[2], (40, 80))
+    assert decoded == [mixed.paths[0], mixed.paths[2]]
+    assert TrainingSet(mixed, 2, 5).resize_warning((40, 40)) == resize_warning(40, 80, (40, 40), mixed.paths[2])

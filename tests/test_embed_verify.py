@@ -104,3 +104,43 @@ def test_eval_cli_prints_identification_beside_verification(run, tmp_path, capsy
     assert "pairs identification: rank-1 " in identification and "TPIR " in identification
     assert "10 identities, 90 probes, 90 impostor probes" in identification
     assert Image.open(tmp_path / "roc.png").size == Image.open(tmp_path / "cmc.png").size == (640, 480)
+
+
+def unaligned(path, h, w, to=(56, 48)):
+    return (f"distface: warning: {path} is {h}x{w}, shaped unlike the model's {to[0]}x{to[1]} input: it does not "
+            f"look aligned (--align detects and aligns the faces); it is resized to {to[0]}x{to[1]}, which "
+            "stretches the face")
+
+
+def photo(path, h, w):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)).save(path)
+    return str(path)
+
+
+def test_unaligned_warning_names_the_first_input_shaped_unlike_the_model(tmp_path):
+    from distface.serving.images import unaligned_warning
+
+    wide = photo(tmp_path / "wide.png", 60, 80)
+    # ORL's 112x92 on the debug net's 56x48: the same shape within distface.data.aspect's tolerance
+    assert unaligned_warning([orl("s1/1.pgm"), orl("s2/1.pgm")], (56, 48), align=False) is None
+    assert f"distface: {unaligned_warning([orl('s1/1.pgm'), wide], (56, 48), align=False)}" == \
+        unaligned(wide, 60, 80)
+    assert unaligned_warning([orl("s1/1.pgm"), wide], (56, 48), align=True) is None  # --align makes the shape
+    assert unaligned_warning([orl("s1/1.pgm"), wide], (112, 112), align=False).startswith(
+        f"warning: {orl('s1/1.pgm')} is 112x92, shaped unlike the model's 112x112 input")
+
+
+def test_verify_and_embed_warn_once_about_unaligned_inputs(run, tmp_path, capsys):
+    photos = [photo(tmp_path / f"{i}.png", 120, 160) for i in range(3)]
+    assert verify_main([orl("s2/1.pgm"), photos[0], "--model", str(run)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == [unaligned(photos[0], 120, 160)]
+    assert printed.out.startswith(("same | ", "different | "))
+    assert embed_main([orl("s31"), *photos, "--model", str(run), "--out", str(tmp_path / "e.npy"), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == [unaligned(photos[2], 120, 160)]  # the last input is among those looked at
+    assert "embedded 13 of 13 images" in printed.out
+    assert verify_main([orl("s2/1.pgm"), orl("s2/2.pgm"), "--model", str(run)]) == 0
+    assert capsys.readouterr().err == ""  # ORL photos on the net trained on them: no warning

@@ -83,11 +83,19 @@ def test_figures_command_writes_pngs_and_tensorboard_images(tmp_path, capsys):
     tags = {v.tag for f in (out / "tb").glob("events.*") for e in tf.compat.v1.train.summary_iterator(str(f))
             for v in e.summary.value}
     assert tags == {"features/softmax", "features/arcface-3d", "features/grid"}
-    printed = capsys.readouterr().out
-    rows = [line for line in printed.splitlines() if line.startswith(("softmax ", "arcface-3d "))]
+    printed = capsys.readouterr()
+    rows = [line for line in printed.out.splitlines() if line.startswith(("softmax ", "arcface-3d "))]
     assert len(rows) == 2 and all(not math.isnan(float(r.split("|")[2].strip(" %"))) for r in rows)
+    assert [line for line in printed.err.splitlines() if "warning" in line] == [
+        f"distface: warning: --steps 3 is below {figures.SEPARATE_STEPS}, the fewest measured to separate the "
+        "normalised and margin heads (arcface-3d): with 150 or fewer their features collapsed onto one point"]
 
 
-def test_figures_command_refuses_unknown_heads(capsys):
-    assert figures.main(["--heads", "softmax,nope"]) == 2
-    assert "unknown heads nope" in capsys.readouterr().err
+def test_steps_warning_only_for_scaled_heads_below_the_steps_that_separate_them():
+    short = figures.SEPARATE_STEPS - 1
+    assert figures.steps_warning(["softmax", "center-0.01", "sphereface", "sphereface-3d"], short) is None
+    assert figures.steps_warning(list(figures.HEADS), figures.SEPARATE_STEPS) is None
+    assert figures.steps_warning(list(figures.HEADS), short) == (
+        f"warning: --steps {short} is below {figures.SEPARATE_STEPS}, the fewest measured to separate the normalised "
+        "and margin heads (normface, cosface, arcface, combined, cosface-3d, arcface-3d, combined-3d): with 150 or "
+        "fewer their features collapsed onto one point")

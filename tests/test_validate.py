@@ -79,17 +79,26 @@ class NotChief:
 
 
 @pytest.mark.parametrize("chief", [True, False], ids=["chief", "worker"])
-def test_only_the_chief_reports_left_out_images(tree, tmp_path, capsys, monkeypatch, chief):
+@pytest.mark.parametrize("image_size", [(40, 36), (40, 48)], ids=["same-shape", "stretched"])
+def test_only_the_chief_reports_left_out_and_stretched_images(tree, tmp_path, capsys, monkeypatch, chief, image_size):
     import distface.parallel
     from distface.checked_config import load_config
     from distface.parallel.single import SingleEngine
     from distface.training.session import Session
 
     monkeypatch.setattr(distface.parallel, "build_engine", lambda *args: SingleEngine() if chief else NotChief())
-    cfg = load_config("distface/configs/debug.yaml", ["data.source=folder", f"data.path={tree}", "data.bad_images=skip",
-                                             "data.batch_size=4", "model.image_size=[40, 36]",
-                                             f"train.out_dir={tmp_path / 'run'}"])
+    cfg = load_config("distface/configs/debug.yaml", ["data.source=folder", f"data.path={tree}",
+                                                      "data.bad_images=skip", "data.batch_size=4",
+                                                      f"model.image_size={list(image_size)}",
+                                                      f"train.out_dir={tmp_path / 'run'}"])
     Session(cfg, quiet=True)
     printed = capsys.readouterr()
     assert ("left out 4 of 17 images" in printed.err) == chief, printed.err
-    assert "left out" not in printed.out
+    warnings = [line for line in printed.err.splitlines() if "resized to model.image_size" in line]
+    if chief and image_size == (40, 48):
+        assert warnings == [f"distface: warning: images of 40x36 (such as {tree / 'a' / '0.png'}) are resized to "
+                            "model.image_size 40x48, which changes their aspect ratio; align or crop them to that "
+                            "shape, or set model.image_size"], printed.err
+    else:
+        assert warnings == [], printed.err
+    assert "left out" not in printed.out and "resized" not in printed.out

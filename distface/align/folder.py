@@ -2,6 +2,8 @@
 
 Every input image ends up in exactly one place: aligned crops in OUT/<identity>/, or a line in OUT/no_face.txt
 or OUT/failed.txt (with the reason: not an image, or the detector failed on it), and the summary counts all three.
+A photo with more than one face gives its largest (or, --all, every face) and is listed in OUT/several_faces.txt,
+so a group photo whose largest face is not the identity's can be found and checked.
 """
 from __future__ import annotations
 
@@ -18,12 +20,17 @@ from distface.align.similarity import template, umeyama, warp
 
 NO_FACE = "no_face.txt"
 FAILED = "failed.txt"
+SEVERAL = "several_faces.txt"
 _TASKS_PER_CALL = 8  # images a worker takes at a time: fewer round trips, still an even spread
 
 
 def align_faces(image: np.ndarray, detector, size: Sequence[int], all_faces: bool = False) -> list[np.ndarray]:
     """The crops (uint8 [h, w, 3]) of the largest face, or of every face largest first; [] when there is none."""
-    faces = detector(image)
+    return crop_faces(image, detector(image), size, all_faces)
+
+
+def crop_faces(image: np.ndarray, faces: Sequence, size: Sequence[int], all_faces: bool = False) -> list[np.ndarray]:
+    """align_faces of faces already detected (largest first, as FaceDetector gives them)."""
     dst = template(size)
     return [warp(image, umeyama(face.landmarks, dst), size) for face in faces[:None if all_faces else 1]]
 
@@ -34,6 +41,7 @@ class AlignReport:
     aligned: int = 0  # images with at least one face
     faces: int = 0  # crops written
     no_face: list[str] = field(default_factory=list)
+    several: list[str] = field(default_factory=list)  # images with more than one face
     failed: list[tuple[str, str]] = field(default_factory=list)  # (image, reason)
 
 
@@ -76,19 +84,22 @@ def align_folder(raw: str | Path, out: str | Path, size: Sequence[int] = (112, 1
             _collect(results, tasks, report, raw, progress)
     _write_list(out / NO_FACE, report.no_face)
     _write_list(out / FAILED, [f"{path}\t{reason}" for path, reason in report.failed])
+    _write_list(out / SEVERAL, report.several)
     return report
 
 
 def _collect(results, tasks, report: AlignReport, raw: Path, progress) -> None:
-    for done, ((path, _), (faces, reason)) in enumerate(zip(tasks, results), 1):
+    for done, ((path, _), (written, found, reason)) in enumerate(zip(tasks, results), 1):
         name = os.path.relpath(path, raw)
         if reason:
             report.failed.append((name, reason))
-        elif faces:
+        elif written:
             report.aligned += 1
-            report.faces += faces
+            report.faces += written
         else:
             report.no_face.append(name)
+        if found > 1:
+            report.several.append(name)
         if progress is not None:
             progress(done, len(tasks))
 
@@ -109,8 +120,8 @@ def _start_worker(threads: int) -> None:
     _detector = _detector or FaceDetector()
 
 
-def _align_one(task: tuple[str, str], job: tuple) -> tuple[int, str]:
-    """(crops written, "") or (0, why the image could not be aligned)."""
+def _align_one(task: tuple[str, str], job: tuple) -> tuple[int, int, str]:
+    """(crops written, faces found, "") or (0, 0, why the image could not be aligned)."""
     import tensorflow as tf
 
     from distface.data.pipeline import decode_image
@@ -120,14 +131,15 @@ def _align_one(task: tuple[str, str], job: tuple) -> tuple[int, str]:
     try:
         image = decode_image(tf.constant(path)).numpy()
     except tf.errors.OpError as err:
-        return 0, decode_error(err)
+        return 0, 0, decode_error(err)
     try:
-        crops = align_faces(image, _detector, size, all_faces)
+        faces = _detector(image)
+        crops = crop_faces(image, faces, size, all_faces)
     except Exception as err:  # one odd photo among millions is listed, not allowed to stop the run
-        return 0, f"face detector failed: {type(err).__name__}: {err}"
+        return 0, 0, f"face detector failed: {type(err).__name__}: {err}"
     for k, crop in enumerate(crops):
         _write_image(f"{target}_{k}{ext}" if all_faces else f"{target}{ext}", crop)
-    return len(crops), ""
+    return len(crops), len(faces), ""
 
 
 def decode_error(err) -> str:

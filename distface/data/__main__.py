@@ -8,7 +8,8 @@ pack: an image tree with one sub-folder per identity -> insightface's RecordIO (
 TFRecord files (--files N: OUT-00000-of-0000N.tfrecord ...). bin: the pairs of an LFW-format pairs file -> an
 insightface .bin verification set. align: detect the face (the largest, or --all) in each image of an identity-
 folder tree, fit its 5 landmarks onto the ArcFace template and write the crops in the same tree; images without a
-face are listed in ALIGNED_DIR/no_face.txt (needs pip install 'distface[align]'). pack and bin decode every image
+face are listed in ALIGNED_DIR/no_face.txt, images with several (the largest is kept) in
+ALIGNED_DIR/several_faces.txt (needs pip install 'distface[align]'). pack and bin decode every image
 once before writing: one that cannot be decoded stops them, naming it, or (--bad-images skip) is left out and
 listed. Bad input stops with one line on stderr and exit code 2, writing nothing.
 """
@@ -109,7 +110,7 @@ def make_bin(args: argparse.Namespace, progress: Progress) -> str:
 
 
 def align(args: argparse.Namespace, progress: Progress) -> str:
-    from distface.align.folder import FAILED, NO_FACE, align_folder
+    from distface.align.folder import FAILED, NO_FACE, SEVERAL, align_folder
 
     size = tuple(int(side) for side in args.size.split("x"))
     if args.workers is not None and args.workers < 1:
@@ -118,6 +119,9 @@ def align(args: argparse.Namespace, progress: Progress) -> str:
     out = Path(args.aligned_dir)
     summary = f"aligned {r.aligned} of {r.images} images ({r.faces} faces) -> {out}"
     summary += f" | no face in {len(r.no_face)}" + (f" (listed in {out / NO_FACE})" if r.no_face else "")
+    if r.several:
+        kept = "kept every face, <name>_0 the largest" if args.all else "kept the largest"
+        summary += f" | more than one face in {len(r.several)}: {kept} (listed in {out / SEVERAL})"
     return summary + (f" | {len(r.failed)} failed (listed in {out / FAILED})" if r.failed else "")
 
 

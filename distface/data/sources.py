@@ -1,7 +1,8 @@
 """Training sets by data.source: SOURCES[name](cfg) -> TrainingSet.
 
-Nothing here prints (the chief reports TrainingSet.summary(): rank 0 speaks), and importing this module is cheap,
-as the config check of data.source reads SOURCES: the readers (and TensorFlow) are imported by the builders.
+Nothing here prints (the chief reports TrainingSet.summary() and resize_warning(): rank 0 speaks), and importing
+this module is cheap, as the config check of data.source reads SOURCES: the readers (and TensorFlow) are imported
+by the builders.
 """
 from __future__ import annotations
 
@@ -31,6 +32,19 @@ class TrainingSet:
         bad, shown = len(self.left_out), "; ".join(f"{path}: {problem}" for path, problem in self.left_out[:3])
         return (f"left out {bad} of {self.num_images + bad} images that are not complete image files "
                 f"(data.bad_images: skip): {shown}{' ...' if bad > 3 else ''}")
+
+    def resize_warning(self, image_size) -> str | None:
+        """One line when the set's images (a few, spread over it: distface.data.aspect) are shaped unlike
+        model.image_size, so resizing them stretches the faces; None when they are not. Decodes those few."""
+        from distface.data.aspect import source_stretched
+
+        found = source_stretched(self.source, image_size)
+        if found is None:
+            return None
+        where, (h, w) = found
+        to_h, to_w = image_size
+        return (f"warning: images of {h}x{w} (such as {where}) are resized to model.image_size {to_h}x{to_w}, which "
+                "changes their aspect ratio; align or crop them to that shape, or set model.image_size")
 
 
 def train_source(cfg: Config, progress: Callable[[int, int], None] | None = None) -> TrainingSet:

@@ -2,7 +2,9 @@
 
 Embeds images (files, or folders searched recursively) with a training run's latest checkpoint or an exported
 model: EMB.npy holds the L2-normalised float32 embeddings [N, d], EMB.txt the N image paths in the same order.
---align detects and aligns the largest face first; images without one are left out and listed on stderr.
+--align detects and aligns the largest face first; images without one are left out and listed on stderr. Without
+it, an input shaped unlike the model's input (distface.data.aspect; a few are looked at) draws a warning: it does
+not look aligned.
 """
 from __future__ import annotations
 
@@ -49,10 +51,13 @@ def main(argv=None) -> int:
         if not Path(args.out).resolve().parent.is_dir():
             raise FileNotFoundError(f"--out: no folder {Path(args.out).parent}")
         from distface.serving.inference import load_model
-        from distface.serving.images import image_chunks, image_paths
+        from distface.serving.images import image_chunks, image_paths, unaligned_warning
 
         paths = image_paths(args.inputs)
         model = load_model(args.model)
+        warning = unaligned_warning(paths, model.image_size, args.align)
+        if warning:
+            print(f"distface: {warning}", file=sys.stderr)
         progress(0, len(paths))
         embedded, kept, no_face = [], [], []
         for images, chunk_kept, chunk_no_face in image_chunks(paths, model.image_size, args.align):

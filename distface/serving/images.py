@@ -30,6 +30,23 @@ def image_paths(inputs: Sequence[str | Path]) -> list[str]:
     return paths
 
 
+def unaligned_warning(paths: Sequence[str], image_size: Sequence[int], align: bool) -> str | None:
+    """One line when an input does not look aligned to the model and --align was not given: the first of a few
+    (distface.data.aspect) whose aspect ratio is not the model's. An aligned crop has its template's shape, which
+    is the model's (template_size_for), so a photo or a crop for another net shows itself this way."""
+    if align:
+        return None
+    from distface.data.aspect import files_stretched
+
+    found = files_stretched(paths, image_size)
+    if found is None:
+        return None
+    path, (h, w) = found
+    to_h, to_w = image_size
+    return (f"warning: {path} is {h}x{w}, shaped unlike the model's {to_h}x{to_w} input: it does not look aligned "
+            f"(--align detects and aligns the faces); it is resized to {to_h}x{to_w}, which stretches the face")
+
+
 def image_chunks(paths: Sequence[str], image_size: Sequence[int], align: bool = False
                  ) -> Iterator[tuple[np.ndarray, list[str], list[str]]]:
     """Per CHUNK of paths, in order: (float32 images [n, h, w, 3] as evaluation preprocesses them, their paths, the

@@ -1,7 +1,8 @@
 """distface verify A.jpg B.jpg --model RUN_OR_EXPORT [--align] [--threshold COSINE]
 
 Same person or not: the cosine similarity of the two images' embeddings against the threshold the run's last
-evaluation chose at FAR 1e-3 (stored with an export), from a run directory or an exported model.
+evaluation chose at FAR 1e-3 (stored with an export), from a run directory or an exported model. Without --align,
+an image shaped unlike the model's input (distface.data.aspect) draws a warning: it does not look aligned.
 """
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ def main(argv=None) -> int:
     quiet_tensorflow(args.verbose)
     try:
         from distface.serving.inference import load_model
-        from distface.serving.images import image_chunks, image_paths
+        from distface.serving.images import image_chunks, image_paths, unaligned_warning
 
         paths = image_paths([args.first, args.second])
         model = load_model(args.model)
         if args.threshold is None and model.threshold is None:
             raise ValueError(f"{args.model}: no verification threshold (no evaluation in eval.jsonl recorded one): "
                              "pass --threshold")
+        warning = unaligned_warning(paths, model.image_size, args.align)
+        if warning:
+            print(f"distface: {warning}", file=sys.stderr)
         ((images, _, no_face),) = image_chunks(paths, model.image_size, args.align)  # two images: one chunk
         if no_face:
             raise ValueError(f"{no_face[0]}: no face found")

@@ -86,8 +86,10 @@ class Session:
         # TensorBoard's event file appears at the first scalar written.
         self.monitor = Monitor(str(out_dir / "tb"), cfg.train.steps, cfg.data.batch_size * runtime.num_replicas,
                                enabled=runtime.is_chief, quiet=quiet)
-        if runtime.is_chief and self.training_set.summary():  # rank 0 speaks
-            print(f"distface: {self.training_set.summary()}", file=sys.stderr)
+        if runtime.is_chief:  # rank 0 speaks (and only it decodes the few images the resize warning looks at)
+            for line in (self.training_set.summary(), self.training_set.resize_warning(cfg.model.image_size)):
+                if line:
+                    print(f"distface: {line}", file=sys.stderr)
         if plan:
             self.monitor.say(plan)
 
