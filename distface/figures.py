@@ -50,7 +50,7 @@ HEADS: dict[str, tuple[int, list[str]]] = {
 # the second quarter of the steps (train_head). Measured on this 2-core machine: at 40, 80 and 150 steps arcface,
 # cosface, arcface-3d and combined-3d left every test feature on one point (25 to 36 % accuracy), and so did normface
 # at 80, which has no margin: short runs collapse them, not the ramp alone. At 300, the default, each separated the
-# digits (the README's table).
+# digits (docs/benchmarks.md, "Feature-space figures").
 SCALED = ("normface", "cosface", "arcface", "combined")
 SEPARATE_STEPS = 300
 
