@@ -73,6 +73,7 @@ def test_grid_lays_panels_row_by_row():
     assert (out[8:, 5:] == 255).all()
 
 
+@pytest.mark.slow  # figures.main trains a Session inside distface, where the automatic rule does not look
 def test_figures_command_writes_pngs_and_tensorboard_images(tmp_path, capsys):
     out = tmp_path / "figures"
     assert figures.main(["--heads", "softmax,arcface-3d", "--steps", "3", "--out", str(out), "--quiet"]) == 0

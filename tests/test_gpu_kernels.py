@@ -45,18 +45,18 @@ CONFIGS.update({f"single, {name}": SINGLE + (f"model.backbone={name}", f"model.i
 
 # What the step copies from the GPU to the host, by the distface function whose line made the copied tensor.
 CONTROL = {  # a tf.cond predicate: the host decides the branch
-    "loop.py:_replica_step": "the guard (a non-finite step changes nothing): the fused in-place update ops always "
+    "trainer.py:_replica_step": "the guard (a non-finite step changes nothing): the fused in-place update ops always "
                              "add the momentum to the weight, so keeping a block unchanged needs a branch",
     "row_gradient.py:_surely_finite": "whether a full block's gradient is proven finite from its factors, or its "
                                       "rows must be counted (the pass the proof saves)",
-    "loop.py:_combine_rows": "Partial FC: whether the sampled rows are already unique and sorted",
+    "trainer.py:_combine_rows": "Partial FC: whether the sampled rows are already unique and sorted",
 }
 INT32 = {  # TensorFlow keeps int32 on the host on a GPU, but some of its int32 kernels write device memory
     "sharded.py:_sample": "Partial FC's sample: top-k positions and counts",
-    "loop.py:combined": "Partial FC: the count of unique sampled rows",
+    "trainer.py:combined": "Partial FC: the count of unique sampled rows",
     "row_chunks.py:map_row_chunks": "a chunked reduction's TensorList of an unknown row count (Partial FC)",
     "triplet.py:_semi_hard": "semi-hard mining's int32 positions",
-    "loop.py:_gradients": "TensorFlow's gradients of gathers, reshapes and all-gathers (shapes as int32 tensors)",
+    "trainer.py:_gradients": "TensorFlow's gradients of gathers, reshapes and all-gathers (shapes as int32 tensors)",
     "tfdist.py:run": "MirroredStrategy's CPU collectives pack tensors by int32 sizes (on GPUs it uses NCCL)",
     "horovod.py:gather": "Horovod's all-gather of the int32 labels passes tf.custom_gradient's int32 Identity",
 }
@@ -131,7 +131,7 @@ def test_the_step_copies_to_the_host_only_what_is_explained(name):
                   if consumer.split()[0] in ("If", "StatelessIf", "While", "StatelessWhile", "Assert")]
     assert {source for source, _ in predicates} <= CONTROL.keys()
     replicas = 2 if "mirrored" in name else 1
-    guards = [p for p in predicates if p[0] == "loop.py:_replica_step"]
+    guards = [p for p in predicates if p[0] == "trainer.py:_replica_step"]
     assert len(guards) == replicas, guards  # one predicate per replica serves every variable's branch
 
 

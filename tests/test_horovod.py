@@ -2,9 +2,7 @@
 parameters after 3 SGD steps for every head kind, odd C and C < B; SUM-aggregated centers."""
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,16 +12,12 @@ from distface.parallel.single import SingleEngine
 
 HOROVODRUN = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
 pytestmark = pytest.mark.skipif(HOROVODRUN is None, reason="horovod is not installed (DISTFACE_NO_HOROVOD=1)")
-HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hvd")
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable,
-                           str(HERE / "hvd_equivalence.py"), str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [dict(np.load(out / f"rank{r}.npz")) for r in range(2)]
+def ranks(horovod_two_ranks):
+    """The equivalence part of the session's one 2-rank Horovod run (tests/hvd_two_ranks.py)."""
+    return horovod_two_ranks["equivalence"]
 
 
 def reference(kind, num_classes, seed, **kwargs):

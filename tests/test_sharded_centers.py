@@ -4,16 +4,13 @@ centers, center loss, loss and gradients; C odd, labels repeated within and acro
 is ceil(C/2) rows; a checkpoint written on 2 replicas resumes on 1 and 4 with the same centers."""
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from equivalence import build, full_weight, make_config, make_problem, objective_loss_and_grads, train
 
-HERE = Path(__file__).parent
 HOROVODRUN = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
 GLOBAL_BATCH, NUM_CLASSES = 16, 101
 # Blocks of 51 on 2 replicas (0..50 | 51..100 + 1 padding row): repeats within a replica, across replicas,
@@ -85,11 +82,8 @@ def test_mirrored_sharded_centers_equal_single_device(mirrored, reference):
 
 
 @pytest.mark.skipif(HOROVODRUN is None, reason="horovod is not installed (DISTFACE_NO_HOROVOD=1)")
-def test_horovod_sharded_centers_equal_single_device(reference, tmp_path):
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable, str(HERE / "hvd_centers.py"),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
+def test_horovod_sharded_centers_equal_single_device(reference, horovod_two_ranks):
+    ranks = horovod_two_ranks["centers"]  # the session's one 2-rank Horovod run (tests/hvd_two_ranks.py)
     assert [r["centers"].shape for r in ranks] == [(51, 8), (51, 8)]
     for r in ranks:
         centers = full_weight({i: q["centers"] for i, q in enumerate(ranks)}, NUM_CLASSES)

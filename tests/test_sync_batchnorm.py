@@ -4,9 +4,7 @@ device on the concatenated batch; with the flag off they do not. The layer itsel
 unequal local batches, and the closed-form BatchNorm input gradient)."""
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +19,6 @@ from distface.training.optim import MomentumSGD
 from distface.parallel.single import SingleCollectives, SingleEngine
 from distface.training.state import TrainState
 
-HERE = Path(__file__).parent
 HOROVODRUN = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
 GLOBAL_BATCH, NUM_CLASSES, D, IMAGE = 8, 10, 8, (16, 16)
 PROBED = "stage1_bn"  # the first BatchNorm: its normalised output is compared directly
@@ -122,12 +119,8 @@ def test_mirrored_without_sync_differs(mirrored, data, reference):
 
 
 @pytest.mark.skipif(HOROVODRUN is None, reason="horovod is not installed (DISTFACE_NO_HOROVOD=1)")
-def test_horovod_sync_batchnorm_equals_one_device(data, reference, tmp_path):
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", sys.executable,
-                           str(HERE / "hvd_sync_batchnorm.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [dict(np.load(tmp_path / f"rank{r}.npz", allow_pickle=False)) for r in range(2)]
+def test_horovod_sync_batchnorm_equals_one_device(data, reference, horovod_two_ranks):
+    ranks = horovod_two_ranks["sync_batchnorm"]  # the session's one 2-rank Horovod run (tests/hvd_two_ranks.py)
     normalised = np.concatenate([r["on/normalised"] for r in ranks])
     for r in ranks:
         moving = {path: [r[f"on/moving/{path}"]] for path in reference["moving"]}
