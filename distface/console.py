@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 # absl's banner, its info and warning lines ("I0000 00:00:..."), and the CPU-feature note's second line
-_START_UP_NOTE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} \d\d:\d\d:"
+START_UP_NOTE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} \d\d:\d\d:"
                             rb"|To enable the following instructions:)")
 
 
@@ -51,7 +51,7 @@ def _start_up_notes_dropped():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if not _START_UP_NOTE.match(line)]
+            kept = [line for line in captured.read().splitlines(keepends=True) if not START_UP_NOTE.match(line)]
             if kept:
                 sys.stderr.buffer.write(b"".join(kept))
                 sys.stderr.flush()

@@ -270,6 +270,26 @@ def test_multiworker_two_workers_on_localhost(multiworker_run):
     check_job(proc, out, "multiworker")
 
 
+@pytest.mark.slow  # starts a process inside distface (supervise.Worker), where the automatic marking does not look
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_the_launcher_drops_horovodruns_tensorflow_notes(capfd, verbose):
+    """horovodrun imports TensorFlow itself; its start-up notes are dropped unless the job runs with --verbose, and
+    the ranks' lines (prefixed) and every other line pass."""
+    from distface.launch.supervise import Worker
+
+    lines = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+             "I0000 00:00:1796675057.684839   30453 port.cc:153] oneDNN custom operations are on.",
+             "[0]<stderr>:I0000 00:00:1796675057.684839   30453 port.cc:153] a rank's own line",
+             "E0000 00:00:1796675057.684839   30453 x.cc:1] an error", "horovodrun: a line of its own"]
+    script = "import sys; sys.stderr.write(sys.argv[1])"
+    worker = Worker("horovodrun", [sys.executable, "-c", script, "\n".join(lines) + "\n",
+                                   *(["--verbose"] if verbose else [])], {}, "")
+    worker.proc.wait()
+    worker.pump.join(timeout=10)
+    shown = capfd.readouterr().err.splitlines()
+    assert shown == (lines if verbose else lines[2:])
+
+
 def test_multiworker_ends_without_a_crashed_task(env, tmp_path):
     """A successful run ends quietly even when the chief's final evaluation outlasts the coordination service's
     heartbeat timeout (the workers leave together); --verbose, so that TensorFlow's own error lines would show."""

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from distface.console import START_UP_NOTE
 from distface.launch.plan import Job
 
 GRACE_S = 10.0  # after SIGTERM, before SIGKILL
@@ -23,10 +24,12 @@ FIRST_RANK = re.compile(r"^Process name: (\d+)$")
 
 
 class Worker:
-    """One child process (in its own process group) whose stderr is forwarded line by line and remembered."""
+    """One child process (in its own process group) whose stderr is forwarded line by line and remembered, less
+    TensorFlow's start-up notes from horovodrun itself (which imports it) unless the job runs with --verbose."""
 
     def __init__(self, title: str, argv: list[str], env: dict[str, str], prefix: str):
         self.title = title
+        self.quiet = "--verbose" not in argv
         self.proc = subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
@@ -35,6 +38,8 @@ class Worker:
 
     def _forward(self, prefix: str) -> None:
         for raw in self.proc.stderr:
+            if self.quiet and START_UP_NOTE.match(raw):
+                continue
             line = raw.decode(errors="replace").rstrip("\n")
             if line.strip():
                 self.tail.append(line)
