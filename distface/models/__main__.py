@@ -1,7 +1,7 @@
 """Backbone size from the command line.
 
-    python -m distface.models --summary iresnet50 [--image-size 112 112] [--embedding-size 512]
-    python -m distface.models --summary all      # a markdown table, each backbone at its default input
+    distface models --summary iresnet50 [--image-size 112 112] [--embedding-size 512]
+    distface models --summary all      # a markdown table, each backbone at its default input
 
 Parameters are trainable scalars; GMACs are multiply-accumulates per image in convolutions and dense layers
 (1 MAC = 2 FLOPs; insightface's "GFLOPs" and MobileFaceNet's "MAdds" count the same), see flops.py.
