@@ -469,4 +469,4 @@ def test_horovod_rank_error_is_reported(env, tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.splitlines()[-1]
     assert re.fullmatch(rf"launch: horovodrun \(pid \d+\) exited with code \d+: rank [01]: distface: --config: no "
-                        rf"such file: {re.escape(str(missing))}", last), last
+                        rf"such file: {re.escape(str(missing))} \(nor a shipped config; shipped: [a-z0-9_, ]+\)", last), last

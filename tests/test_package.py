@@ -2,6 +2,7 @@
 TensorFlow, and installed into a fresh virtualenv it trains, evaluates and answers --help from a folder outside the
 checkout."""
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -64,11 +65,12 @@ def test_installed_wheel_trains_and_evaluates(wheel, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     command = fresh / "bin" / "distface"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the fresh environment
 
     def run(*args):
-        return subprocess.run([command, *args], cwd=work, capture_output=True, text=True, timeout=600)
+        return subprocess.run([command, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
 
-    where = subprocess.run([python, "-c", "import distface; print(distface.__file__)"], cwd=work,
+    where = subprocess.run([python, "-c", "import distface; print(distface.__file__)"], cwd=work, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(site)), where
     assert run("--help").returncode == 0
