@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from distface.checked_config import load_config
+from distface.config import shipped_configs
 from distface.training.session import Session
 
 FAST = ["model.image_size=[56, 48]", "data.batch_size=16", "eval.flip=false", "train.log_every=1"]
@@ -99,14 +100,15 @@ def test_train_from_recordio_and_eval_on_bin_set(tmp_path):
         assert bin_eval[key] == pytest.approx(pairs_eval[key], abs=1e-12)
 
 
-CONFIGS = sorted(p.name for p in __import__("pathlib").Path("configs").glob("*.yaml"))
+def test_the_shipped_configs_are_found():
+    assert {"debug", "orl_arcface", "orl_triplet"} <= set(shipped_configs())
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
 def test_every_config_trains(tmp_path, name):
     """Each shipped config builds its backbone, head and data and takes finite steps (at a tiny batch)."""
     small = ["data.batch_size=4", "data.identities_per_batch=2", "data.images_per_identity=2", "eval.flip=false",
              f"train.out_dir={tmp_path}", "train.steps=2"]
-    session = Session(load_config(f"distface/configs/{name}", small), quiet=True)
+    session = Session(load_config(name, small), quiet=True)
     for _ in range(2):
         assert np.isfinite(float(session.trainer.train_step(*next(session.dataset)).scalars["loss"]))
