@@ -12,9 +12,9 @@ import sys
 COMMANDS = {
     "train": ("distface.train", (), "train a backbone and its head from a config (a YAML file or a shipped name)"),
     "eval": ("distface.eval.__main__", (), "evaluate a run's latest checkpoint: verification and identification"),
-    "export": ("distface.export", (), "export a run's backbone as a SavedModel, ONNX or TFLite, checked"),
-    "embed": ("distface.embed", (), "embed images with a run or an export"),
-    "verify": ("distface.verify", (), "say whether two photos show the same person"),
+    "export": ("distface.serving.export", (), "export a run's backbone as a SavedModel, ONNX or TFLite, checked"),
+    "embed": ("distface.serving.embed", (), "embed images with a run or an export"),
+    "verify": ("distface.serving.verify", (), "say whether two photos show the same person"),
     "align": ("distface.data.__main__", ("align",), "detect faces and align them onto the ArcFace template"),
     "pack": ("distface.data.__main__", ("pack",), "pack an identity-folder tree into RecordIO or TFRecord"),
     "bin": ("distface.data.__main__", ("bin",), "make an insightface .bin verification set from a pairs file"),

@@ -279,7 +279,7 @@ def require(ok: bool, key: str, reason: str) -> None:
 
 
 def validate(c: Config) -> None:
-    """Impossible values stop the run before anything is written (names owned by registries: components.check)."""
+    """Impossible values stop the run before anything is written (names owned by registries: checked_config.check)."""
     d = c.data
     if d.source in ("folder", "recordio", "tfrecord"):
         require(bool(d.path), "data.path", f"required when data.source is {d.source}")

@@ -48,7 +48,7 @@ HEADS: dict[str, tuple[int, list[str]]] = {
 
 # Heads whose logits are a fixed scale times the cosine: normface and the margin heads, whose margin ramps in over
 # the second quarter of the steps (train_head). Measured on this 2-core machine: at 40, 80 and 150 steps arcface,
-# cosface, arcface-3d and combined-3d left every test feature on one point (25 to 36 % accuracy), and so did normface
+# cosface, arcface-3d and combined-3d left every test feature on one point (21 to 36 % accuracy), and so did normface
 # at 80, which has no margin: short runs collapse them, not the ramp alone. At 300, the default, each separated the
 # digits (docs/benchmarks.md, "Feature-space figures").
 SCALED = ("normface", "cosface", "arcface", "combined")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from distface.checked_config import load_config
 from distface.config import InputError
@@ -33,10 +34,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_tensorflow(args.verbose)
     overrides = list(args.set) + ([f"train.strategy={args.strategy}"] if args.strategy else [])
-    if isinstance(args.resume, str):
-        overrides.append(f"train.out_dir={args.resume}")
     try:
         cfg = load_config(args.config, overrides)
+        if isinstance(args.resume, str):  # a folder, taken as it is (not through --set's YAML)
+            if not Path(args.resume).is_dir():
+                raise InputError(f"--resume: no such run folder: {args.resume}")
+            cfg.train.out_dir = args.resume
         from distface.training.run_folder import config_name
         from distface.training.session import Session
 

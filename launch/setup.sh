@@ -41,7 +41,8 @@ esac
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PY="$VENV/bin/python"
 
-# Python with TensorFlow's start-up notes (absl's banner, its info and warning lines) left out of stderr.
+# Python with TensorFlow's start-up notes (absl's banner, its info and warning lines) left out of stderr: the
+# lines distface.console.START_UP_NOTE matches.
 tf_python() {
   "$PY" "$@" 2> >(grep -vE '^(WARNING: All log messages before absl|[IW][0-9]{4} |To enable the following)' >&2)
 }

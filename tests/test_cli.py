@@ -141,4 +141,13 @@ def test_verbose_shows_tensorflow_lines():
     assert quiet.returncode == 0 and verbose.returncode == 0, quiet.stderr + verbose.stderr
     assert quiet.stdout == verbose.stdout and "debug" in quiet.stdout
     assert not [n for n in START_UP_NOTES if n in quiet.stderr], quiet.stderr
-    assert "oneDNN custom operations" in verbose.stderr
+    assert "WARNING: All log messages before absl::InitializeLog()" in verbose.stderr
+
+
+def test_resume_of_a_missing_run_folder_is_refused(tmp_path, capsys):
+    from distface.train import main
+
+    missing = tmp_path / "runs" / "debug-20261207-120000"
+    assert main(["--config", "debug", "--resume", str(missing)]) == 2
+    assert capsys.readouterr().err == f"distface: --resume: no such run folder: {missing}\n"
+    assert not missing.exists()

@@ -130,6 +130,12 @@ def test_unaligned_warning_names_the_first_input_shaped_unlike_the_model(tmp_pat
     assert unaligned_warning([orl("s1/1.pgm"), wide], (56, 48), align=True) is None  # --align makes the shape
     assert unaligned_warning([orl("s1/1.pgm"), wide], (112, 112), align=False).startswith(
         f"warning: {orl('s1/1.pgm')} is 112x92, shaped unlike the model's 112x112 input")
+    # A square photo for a square model: its shape is right, its size says it is not a crop.
+    square = photo(tmp_path / "square.png", 400, 400)
+    assert unaligned_warning([square], (112, 112), align=False) == (
+        f"warning: {square} is 400x400, far larger than the model's 112x112 input: it does not look aligned "
+        "(--align detects and aligns the faces); it is resized to 112x112")
+    assert unaligned_warning([photo(tmp_path / "crop.png", 224, 224)], (112, 112), align=False) is None
 
 
 def test_verify_and_embed_warn_once_about_unaligned_inputs(run, tmp_path, capsys):

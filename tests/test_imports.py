@@ -114,7 +114,9 @@ def test_training_never_reaches_serving():
     """docs/design.md: serving (inference, images, export, embed, verify) sits above training; nothing that
     training imports, directly or through eval, data or models, is a serving module."""
     graph = import_graph()
-    for name in (n for n in graph if n.startswith("distface.training")):
+    training = [n for n in graph if n.startswith("distface.training")]
+    assert "distface.training.trainer" in training and "distface.serving.export" in graph
+    for name in training:
         served = sorted(m for m in reachable(graph, name) if m.startswith("distface.serving"))
         assert not served, f"{name} reaches {served}"
 

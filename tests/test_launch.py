@@ -290,6 +290,19 @@ def test_the_launcher_drops_horovodruns_tensorflow_notes(capfd, verbose):
     assert shown == (lines if verbose else lines[2:])
 
 
+def test_workers_agree_on_the_chiefs_run_folder(env, tmp_path):
+    """No train.out_dir: each worker would choose its own runs/<config>-<time> (worker 1's clock is an hour ahead
+    here); they take the chief's."""
+    probe = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), env["PYTHONPATH"]])}
+    proc = subprocess.run(launch("--engine", "multiworker", "--np", "2", "--module", "skewed_clock_probe", "--",
+                                 "--config", "debug", *TRAIN[2:], "--set", "train.steps=2"), cwd=tmp_path, env=probe,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"debug-\d{8}-\d{6}", run.name)
+    assert (run / "checkpoints" / "manifest-2.json").is_file() and list((run / "checkpoints" / "process1").iterdir())
+
+
 def test_multiworker_ends_without_a_crashed_task(env, tmp_path):
     """A successful run ends quietly even when the chief's final evaluation outlasts the coordination service's
     heartbeat timeout (the workers leave together); --verbose, so that TensorFlow's own error lines would show."""

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from distface.align.similarity import template, umeyama, warp
+from distface.console import quiet_tensorflow
 
 NO_FACE = "no_face.txt"
 FAILED = "failed.txt"
@@ -47,9 +48,10 @@ class AlignReport:
 
 def align_folder(raw: str | Path, out: str | Path, size: Sequence[int] = (112, 112), all_faces: bool = False,
                  workers: int | None = None, ext: str = ".png",
-                 progress: Callable[[int, int], None] | None = None) -> AlignReport:
+                 progress: Callable[[int, int], None] | None = None, verbose: bool = False) -> AlignReport:
     """Align every image of raw/<identity>/ into out/<identity>/<stem><ext> (--all: <stem>_<k><ext>, k = 0 for the
-    largest face); out must be new or empty. Each file is written to a temporary name and renamed."""
+    largest face); out must be new or empty. Each file is written to a temporary name and renamed. verbose: the
+    worker processes show TensorFlow's own log lines."""
     from distface.data.folders import scan_identity_folders
 
     template(size)  # a bad size stops here, before any work
@@ -78,8 +80,9 @@ def align_folder(raw: str | Path, out: str | Path, size: Sequence[int] = (112, 1
         _collect(results, tasks, report, raw, progress)
     else:
         # spawn, not fork: TensorFlow's threads do not survive a fork.
+        # Each worker imports TensorFlow anew: quietly unless the command runs with --verbose.
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_start_worker, initargs=(1,)) as pool:
+                                                    initializer=_start_worker, initargs=(1, verbose)) as pool:
             results = pool.map(_align_one, tasks, [job] * len(tasks), chunksize=_TASKS_PER_CALL)
             _collect(results, tasks, report, raw, progress)
     _write_list(out / NO_FACE, report.no_face)
@@ -107,9 +110,10 @@ def _collect(results, tasks, report: AlignReport, raw: Path, progress) -> None:
 _detector = None  # one per process, made by _start_worker
 
 
-def _start_worker(threads: int) -> None:
+def _start_worker(threads: int, verbose: bool = False) -> None:
     """Load the detector once per process; threads > 0 caps TensorFlow's threads (one worker per core)."""
     global _detector
+    quiet_tensorflow(verbose)
     import tensorflow as tf
 
     from distface.align.detector import FaceDetector

@@ -115,7 +115,8 @@ def align(args: argparse.Namespace, progress: Progress) -> str:
     size = tuple(int(side) for side in args.size.split("x"))
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
-    r = align_folder(args.raw_dir, args.aligned_dir, size, args.all, args.workers, args.ext, progress)
+    r = align_folder(args.raw_dir, args.aligned_dir, size, args.all, args.workers, args.ext, progress,
+                     args.verbose)
     out = Path(args.aligned_dir)
     summary = f"aligned {r.aligned} of {r.images} images ({r.faces} faces) -> {out}"
     summary += f" | no face in {len(r.no_face)}" + (f" (listed in {out / NO_FACE})" if r.no_face else "")

@@ -20,10 +20,19 @@ def stretched(size: Sequence[int], image_size: Sequence[int]) -> bool:
     return abs((w / h) / (to_w / to_h) - 1.0) > ASPECT_TOLERANCE
 
 
+def not_a_crop(size: Sequence[int], image_size: Sequence[int]) -> bool:
+    """Whether an (h, w) image does not look like a face crop for a model of image_size: stretched by resizing, or
+    more than twice its size both ways (a photo: aligned crops are made at the model's size)."""
+    (h, w), (to_h, to_w) = size, image_size
+    return stretched(size, image_size) or min(h / to_h, w / to_w) > 2.0
+
+
 def first_stretched(items: Sequence, decode: Callable[[Any], Any], image_size: Sequence[int],
-                    name: Callable[[Any], str] = str, count: int = SAMPLE) -> tuple[str, tuple[int, int]] | None:
+                    name: Callable[[Any], str] = str, count: int = SAMPLE,
+                    unlike: Callable[[Sequence[int], Sequence[int]], bool] = stretched
+                    ) -> tuple[str, tuple[int, int]] | None:
     """(name, (h, w)) of the first of `count` items spread evenly over items (the first included) that
-    stretched() says resizing distorts, or None. decode(item) -> [h, w, ...] image; an item it cannot decode is
+    unlike(size, image_size) picks (by default: resizing distorts it), or None. decode(item) -> [h, w, ...] image; an item it cannot decode is
     passed over (screening, data.bad_images or the command's own decoding names it)."""
     import tensorflow as tf
 
@@ -32,18 +41,19 @@ def first_stretched(items: Sequence, decode: Callable[[Any], Any], image_size: S
             h, w = (int(side) for side in np.shape(decode(items[index]))[:2])
         except (tf.errors.OpError, OSError, ValueError):
             continue
-        if stretched((h, w), image_size):
+        if unlike((h, w), image_size):
             return name(items[index]), (h, w)
     return None
 
 
-def files_stretched(paths: Sequence[str], image_size: Sequence[int]) -> tuple[str, tuple[int, int]] | None:
+def files_stretched(paths: Sequence[str], image_size: Sequence[int], unlike=stretched
+                    ) -> tuple[str, tuple[int, int]] | None:
     """first_stretched of image files, decoded as training and evaluation decode them."""
     import tensorflow as tf
 
     from distface.data.pipeline import decode_image
 
-    return first_stretched(paths, lambda path: decode_image(tf.constant(path)), image_size)
+    return first_stretched(paths, lambda path: decode_image(tf.constant(path)), image_size, unlike=unlike)
 
 
 def source_stretched(source, image_size: Sequence[int]) -> tuple[str, tuple[int, int]] | None:

@@ -1,6 +1,6 @@
 """TensorBoard pictures of the embedding space: the projector (3-D PCA/t-SNE of eval embeddings with identity
-labels and face thumbnails) and the center-loss paper's 2-D feature plane. Rank 0 calls these (DESIGN: rank 0
-speaks); nothing here touches a strategy or a model.
+labels and face thumbnails) and the center-loss paper's 2-D feature plane. Rank 0 calls these (docs/design.md:
+rank 0 speaks); nothing here touches a strategy or a model.
 
 The projector only looks inside *runs* (directories holding an event file) and the root --logdir, and reads at
 most one `projector_config.pbtxt` and one checkpoint per directory. So each tag gets its own directory,

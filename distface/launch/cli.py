@@ -4,7 +4,8 @@ Starts distface.train on one machine or many: Horovod ranks (horovodrun, Gloo or
 MirroredStrategy over this machine's GPUs, MultiWorkerMirroredStrategy workers (TF_CONFIG per worker, from
 --workers or a SLURM allocation), or the single-device debug mode. Arguments after -- (and any this launcher does
 not know) go to `python -m distface.train`; the engine is passed as --strategy. --dry-run prints what each node
-would run and starts nothing.
+would run and starts nothing. --verbose among the training arguments shows TensorFlow's own log lines, horovodrun's
+included.
 """
 from __future__ import annotations
 

@@ -32,19 +32,22 @@ def image_paths(inputs: Sequence[str | Path]) -> list[str]:
 
 def unaligned_warning(paths: Sequence[str], image_size: Sequence[int], align: bool) -> str | None:
     """One line when an input does not look aligned to the model and --align was not given: the first of a few
-    (distface.data.aspect) whose aspect ratio is not the model's. An aligned crop has its template's shape, which
-    is the model's (template_size_for), so a photo or a crop for another net shows itself this way."""
+    (distface.data.aspect.not_a_crop) whose aspect ratio is not the model's, or that is more than twice its size
+    both ways. An aligned crop has its template's shape, which is the model's (template_size_for), at about its
+    size; a photo or a crop for another net shows itself this way."""
     if align:
         return None
-    from distface.data.aspect import files_stretched
+    from distface.data.aspect import files_stretched, not_a_crop, stretched
 
-    found = files_stretched(paths, image_size)
+    found = files_stretched(paths, image_size, unlike=not_a_crop)
     if found is None:
         return None
     path, (h, w) = found
     to_h, to_w = image_size
-    return (f"warning: {path} is {h}x{w}, shaped unlike the model's {to_h}x{to_w} input: it does not look aligned "
-            f"(--align detects and aligns the faces); it is resized to {to_h}x{to_w}, which stretches the face")
+    how = "shaped unlike" if stretched((h, w), image_size) else "far larger than"
+    return (f"warning: {path} is {h}x{w}, {how} the model's {to_h}x{to_w} input: it does not look aligned "
+            f"(--align detects and aligns the faces); it is resized to {to_h}x{to_w}"
+            + (", which stretches the face" if how == "shaped unlike" else ""))
 
 
 def image_chunks(paths: Sequence[str], image_size: Sequence[int], align: bool = False

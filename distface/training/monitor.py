@@ -1,4 +1,4 @@
-"""Progress lines and TensorBoard scalars. Only the chief writes (DESIGN: rank 0 speaks)."""
+"""Progress lines and TensorBoard scalars. Only the chief writes (docs/design.md: rank 0 speaks)."""
 from __future__ import annotations
 
 import sys
@@ -48,7 +48,7 @@ class Monitor:
 
     def log_step(self, step: int, metrics, lr: float) -> None:
         """Print step, loss, lr, images/s and ETA since the last call; write the step's scalars and histograms
-        (loop.StepMetrics)."""
+        (trainer.StepMetrics)."""
         now = time.perf_counter()
         last_time, last_step = self._mark
         rate = (step - last_step) * self.global_batch / max(now - last_time, 1e-9)

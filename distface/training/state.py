@@ -3,7 +3,7 @@
 - `backbone`: the embedding network (replicated);
 - `head.replicated` / `head.sharded`: the head's variables by name (None for triplet training);
 - `centers`: the center-loss centers variable or None: replicated, or (`sharded_centers`) this replica's class
-  block of them beside the head's (distface/centers.py);
+  block of them beside the head's (distface/training/centers.py);
 - `step`, `counters`: the update count and the non-finite guard's / loss scaler's counters (replicated);
 - `slots`: the optimizer's momentum, keyed by the name of the variable it belongs to.
 
