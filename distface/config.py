@@ -82,7 +82,8 @@ class HeadConfig:
 
 @dataclass
 class LossConfig:
-    type: str = "classification"  # see distface.training.objectives: classification (head + softmax CE) | triplet (no head)
+    # see distface.training.objectives: classification (head + softmax CE) | triplet (no head)
+    type: str = "classification"
     label_smoothing: float = 0.0
     center_weight: float = 0.0  # lambda of the center loss; 0 disables it
     center_alpha: float = 0.5

@@ -5,9 +5,10 @@ The feature-space figures of the center-loss and ArcFace papers on MNIST digits 
 margin heads), the 1,000 test digits' features drawn coloured by class, one PNG per head plus a grid (OUT/*.png and
 TensorBoard images in OUT/tb), and one table of measured test accuracy and angles.
 
-Training is the trainer's own (distface.training.session.Session + distface.training.trainer.train_loop) with evaluation off; the runs'
-checkpoints go to a temporary folder. Accuracy is the nearest class direction: each test feature takes the class
-whose mean training-feature direction is closest in cosine (one rule for every head, with or without a margin).
+Training is the trainer's own (distface.training.session.Session + distface.training.trainer.train_loop) with
+evaluation off; the runs' checkpoints go to a temporary folder. Accuracy is the nearest class direction: each test
+feature takes the class whose mean training-feature direction is closest in cosine (one rule for every head, with or
+without a margin).
 """
 from __future__ import annotations
 
@@ -166,8 +167,8 @@ def train_head(name: str, steps: int, run_dir: Path, quiet: bool):
     """Train lenetpp with head `name` for `steps` steps -> its backbone."""
     from distface.checked_config import load_config
     from distface.eval.records import NoEvaluation
-    from distface.training.trainer import train_loop
     from distface.training.session import Session
+    from distface.training.trainer import train_loop
 
     dims, overrides = HEADS[name]
     cfg = load_config(None, [
@@ -242,8 +243,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from distface.data.mnist import load_mnist
-    from distface.training.trainer import TrainingStopped
     from distface.eval.visualize import log_image
+    from distface.training.trainer import TrainingStopped
 
     out = Path(args.out)
     try:

@@ -1,5 +1,5 @@
-"""The GPU audit of one configuration, as a run builds it: the training step (distface.training.session.Session on synthetic
-faces), the evaluation's embedding function and the export signature, traced on this CPU and read against the
+"""The GPU audit of one configuration, as a run builds it: the training step (distface.training.session.Session on
+synthetic faces), the evaluation's embedding function and the export signature, traced on this CPU and read against the
 GPU kernel registry of the `tensorflow` wheel (distface/ops/kernels.py).
 
 Shared by tests/test_gpu_kernels.py (in-process engines) and, as a script, the engines that need a process of

@@ -32,8 +32,8 @@ def first_stretched(items: Sequence, decode: Callable[[Any], Any], image_size: S
                     unlike: Callable[[Sequence[int], Sequence[int]], bool] = stretched
                     ) -> tuple[str, tuple[int, int]] | None:
     """(name, (h, w)) of the first of `count` items spread evenly over items (the first included) that
-    unlike(size, image_size) picks (by default: resizing distorts it), or None. decode(item) -> [h, w, ...] image; an item it cannot decode is
-    passed over (screening, data.bad_images or the command's own decoding names it)."""
+    unlike(size, image_size) picks (by default: resizing distorts it), or None. decode(item) -> [h, w, ...] image;
+    an item it cannot decode is passed over (screening, data.bad_images or the command's own decoding names it)."""
     import tensorflow as tf
 
     for index in sorted(set(np.linspace(0, len(items) - 1, min(count, len(items))).round().astype(int).tolist())):

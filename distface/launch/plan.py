@@ -13,8 +13,8 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from distface.parallel import STRATEGIES
 from distface.launch.errors import LaunchError
+from distface.parallel import STRATEGIES
 
 ENGINES = tuple(name for name in STRATEGIES if name != "auto")  # the launcher resolves auto itself (cli.py)
 DEFAULT_PORT = 23456

@@ -55,8 +55,9 @@ class MomentumSGD:
     (tests/test_gpu_kernels.py); a sparse gradient (Partial FC's sampled rows, tf.IndexedSlices) is scattered into
     its rows. With a sparse gradient, `head_update="dense"` still decays every row's momentum and weight (the rule
     above with g = 0 off the sampled rows: what the published Partial FC results used), `"lazy"` updates only the
-    sampled rows and their momentum (as TensorFlow's sparse optimizers do), so a step costs the sampled work alone. A full block's gradient arrives as a RowGradient
-    (ops/row_gradient.py, never materialised): the rule is applied to CHUNK_ROWS rows at a time, written in place.
+    sampled rows and their momentum (as TensorFlow's sparse optimizers do), so a step costs the sampled work alone.
+    A full block's gradient arrives as a RowGradient (ops/row_gradient.py, never materialised): the rule is applied
+    to CHUNK_ROWS rows at a time, written in place.
     """
 
     def __init__(self, cfg: OptimConfig, total_steps: int, runtime):
