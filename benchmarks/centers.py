@@ -6,9 +6,9 @@
 Every configuration runs in fresh processes (horovodrun's ranks, one per replica, or one process of N
 MirroredStrategy replicas), timing the center-loss part of the training step as the classification objective
 runs it (distface/training/centers.py): the examples' centers for the loss, its gradient to the embeddings, the
-mean-norm metric and the center update, on fixed random [batch, dim] embeddings per replica. The head and backbone are left
-out: their cost is the same for both placements (benchmarks/sharded_head.py measures the head). For each it prints
-the step time, the centers' state per replica, and the peak resident memory (VmHWM) per replica.
+mean-norm metric and the center update, on fixed random [batch, dim] embeddings per replica. The head and backbone
+are left out: their cost is the same for both placements (benchmarks/sharded_head.py measures the head). For each
+it prints the step time, the centers' state per replica, and the peak resident memory (VmHWM) per replica.
 Without GPUs the replicas share this machine's cores, so ratios measure work and memory, not an interconnect.
 """
 import argparse

@@ -145,7 +145,8 @@ def test_relative_links_resolve(doc):
 
 
 def test_slug_follows_github():
-    assert slug("Sharded identity head (`benchmarks/sharded_head.py`)") == "sharded-identity-head-benchmarkssharded_headpy"
+    assert slug("Sharded identity head (`benchmarks/sharded_head.py`)") == \
+        "sharded-identity-head-benchmarkssharded_headpy"
     assert slug("What distface does that the others do not") == "what-distface-does-that-the-others-do-not"
     assert slug("7 December 2026, late evening: the decay") == "7-december-2026-late-evening-the-decay"
     assert slug("Batch size and learning rate") == "batch-size-and-learning-rate"

@@ -176,8 +176,8 @@ def test_docs_show_the_dry_run_output_exactly(env):
         leading = next(i for i, w in enumerate(words) if not re.fullmatch(r"[A-Z_]+=.*", w))
         assignments, argv = words[:leading], words[leading:]
         assert argv[:2] == ["distface", "launch"], command
-        proc = subprocess.run([sys.executable, "-m", "distface", *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                              env={**env, **dict(a.split("=", 1) for a in assignments)})
+        proc = subprocess.run([sys.executable, "-m", "distface", *argv[1:]], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, env={**env, **dict(a.split("=", 1) for a in assignments)})
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == expected, f"{command}\n--- docs/scaling.md\n{expected}--- launch\n{proc.stdout}"
 
@@ -192,7 +192,8 @@ def test_slurm_batch_template(tmp_path, env):
     run_env = {**env, "PATH": f"{fake}{os.pathsep}{env['PATH']}", "SLURM_GPUS_ON_NODE": "8"}
     out = subprocess.run(["bash", script, "multiworker", "--config", "x.yaml"], env=run_env, capture_output=True,
                          text=True, check=True).stdout
-    assert out == "srun --kill-on-bad-exit=1 python -m distface launch --slurm --engine multiworker -- --config x.yaml\n"
+    assert out == ("srun --kill-on-bad-exit=1 python -m distface launch --slurm --engine multiworker -- "
+                   "--config x.yaml\n")
     out = subprocess.run(["bash", script, "horovod", "--config", "x.yaml"], env={**run_env, "PYTHON": "echo"},
                          capture_output=True, text=True, check=True).stdout
     assert out == "-m distface launch --slurm --engine horovod --gpus 8 -- --config x.yaml\n"
@@ -482,4 +483,5 @@ def test_horovod_rank_error_is_reported(env, tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.splitlines()[-1]
     assert re.fullmatch(rf"launch: horovodrun \(pid \d+\) exited with code \d+: rank [01]: distface: --config: no "
-                        rf"such file: {re.escape(str(missing))} \(nor a shipped config; shipped: [a-z0-9_, ]+\)", last), last
+                        rf"such file: {re.escape(str(missing))} \(nor a shipped config; shipped: [a-z0-9_, ]+\)",
+                        last), last

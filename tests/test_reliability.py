@@ -18,7 +18,7 @@ from distface.training.checkpoint import complete_steps, merge_head
 
 HERE = Path(__file__).parent
 HOROVODRUN = shutil.which("horovodrun", path=os.path.dirname(sys.executable))
-BASE = ["-m", "distface.train", "--config", "distface/configs/debug.yaml", "--quiet", "--set", "model.image_size=[56, 48]",
+BASE = ["-m", "distface.train", "--config", "debug", "--quiet", "--set", "model.image_size=[56, 48]",
         "--set", "data.batch_size=8", "--set", "eval.flip=false", "--set", "train.checkpoint_every=5"]
 
 
