@@ -78,6 +78,9 @@ class HeadConfig:
     # Margin warm-up: plain normalised softmax until warmup_start, then the margin ramps in linearly.
     margin_warmup_start: int = 0
     margin_warmup_steps: int = 0
+    # exact: the margin is differentiated; straight_through: the target logit carries the margin in the forward and
+    # the gradient of the plain s*cos θ (arcface_torch's CombinedMarginLoss, which applies it under no_grad)
+    margin_gradient: typing.Literal["exact", "straight_through"] = "exact"
 
 
 @dataclass
@@ -99,14 +102,23 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    # sgd: torch.optim.SGD's rule (weight decay coupled into the gradient, the published recipes' optimizer);
+    # sgdw: Keras' SGD with decoupled weight decay; adamw: torch.optim.AdamW's rule (distface.training.rules)
+    type: typing.Literal["sgd", "sgdw", "adamw"] = "sgd"
     lr: float = 0.1  # per replica batch; see docs/scaling.md, "Batch size and learning rate"
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd, sgdw
     weight_decay: float = 5e-4
+    beta1: float = 0.9  # adamw
+    beta2: float = 0.999  # adamw
+    epsilon: float = 1e-8  # adamw
     warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0  # > 0: the warm-up in epochs of the training set (replaces warmup_steps)
+    schedule: str = "cosine"  # cosine | step | constant | poly
     decay_steps: list[int] = field(default_factory=list)  # for schedule=step
     decay_rate: float = 0.1
-    clip_norm: float = 0.0  # global-norm gradient clipping; 0 disables it
+    poly_power: float = 1.0  # for schedule=poly: (1 - t/T)^power after the warm-up
+    clip_norm: float = 0.0  # gradient-norm clipping; 0 disables it
+    clip_scope: typing.Literal["all", "backbone"] = "all"  # whose gradient norm is clipped (the head's or not)
     # Partial FC (head.sample_rate < 1): dense decays every row of the block each step (the published recipe),
     # lazy updates only the sampled rows and their momentum (a step costs the sampled work alone)
     head_update: str = "dense"
@@ -117,7 +129,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 1000  # optimizer updates
+    epochs: float = 0.0  # > 0: train this many epochs of the training set (replaces steps)
+    accumulate_steps: int = 1  # micro-batches of data.batch_size per optimizer update (gradients summed)
     seed: int = 0
     strategy: str = "auto"  # see distface.parallel.STRATEGIES
     cpu_replicas: int = 0  # mirrored without GPUs: split the CPU into this many logical devices (tests, debug)
@@ -153,7 +167,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "constant", "poly")
 AUGMENT_POLICIES = ("none", "faces")  # the names of distface.data.augment.POLICIES (config imports no distface)
 
 
@@ -327,9 +341,16 @@ def validate(c: Config) -> None:
             "optim.decay_steps", "must be increasing positive steps")
     require(0.0 < o.decay_rate <= 1.0, "optim.decay_rate", "must be in (0, 1]")
     require(o.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
+    require(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+    require(o.poly_power > 0, "optim.poly_power", "must be > 0")
+    require(0.0 <= o.beta1 < 1.0, "optim.beta1", "must be in [0, 1)")
+    require(0.0 <= o.beta2 < 1.0, "optim.beta2", "must be in [0, 1)")
+    require(o.epsilon > 0, "optim.epsilon", "must be > 0")
 
     t = c.train
     require(t.steps > 0, "train.steps", "must be > 0")
+    require(t.epochs >= 0, "train.epochs", "must be >= 0")
+    require(t.accumulate_steps >= 1, "train.accumulate_steps", "must be >= 1")
     require(t.cpu_replicas >= 0, "train.cpu_replicas", "must be >= 0")
     require(t.cpu_replicas == 0 or t.strategy == "mirrored", "train.cpu_replicas", "needs train.strategy: mirrored")
     require(t.log_every > 0, "train.log_every", "must be > 0")
