@@ -33,6 +33,10 @@ class DataConfig:
     # tfrecord: a .tfrecord file, a folder of them or a glob
     path: str = ""
     train_identities: list[int] = field(default_factory=lambda: list(range(1, 31)))  # ORL s1..s30
+    # The set's published size (recipes): a run stops with a clear error when its source differs; `distface plan`
+    # uses them without reading the data. 0: whatever the source holds.
+    num_classes: int = 0
+    num_images: int = 0
     synthetic_identities: int = 100
     synthetic_images_per_identity: int = 10
     batch_size: int = 32  # per replica
@@ -309,6 +313,8 @@ def validate(c: Config) -> None:
         require(d.synthetic_identities >= 2, "data.synthetic_identities", "must be >= 2")
         require(d.synthetic_images_per_identity >= 1, "data.synthetic_images_per_identity", "must be >= 1")
     require(d.batch_size > 0, "data.batch_size", "must be > 0")
+    require(d.num_classes >= 0, "data.num_classes", "must be >= 0")
+    require(d.num_images >= 0, "data.num_images", "must be >= 0")
     require(d.bad_images in ("fail", "skip"), "data.bad_images", "must be fail or skip")
     require(d.augment in AUGMENT_POLICIES, "data.augment", f"must be one of {', '.join(AUGMENT_POLICIES)}")
     require(d.cache_budget_gib >= 0, "data.cache_budget_gib", "must be >= 0")
