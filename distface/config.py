@@ -109,7 +109,10 @@ class OptimConfig:
     # sgd: torch.optim.SGD's rule (weight decay coupled into the gradient, the published recipes' optimizer);
     # sgdw: Keras' SGD with decoupled weight decay; adamw: torch.optim.AdamW's rule (distface.training.rules)
     type: typing.Literal["sgd", "sgdw", "adamw"] = "sgd"
-    lr: float = 0.1  # per replica batch; see docs/scaling.md, "Batch size and learning rate"
+    lr: float = 0.1  # see docs/scaling.md, "Batch size and learning rate"
+    # > 0: the global batch (per-replica batch x replicas x accumulate_steps) optim.lr was tuned for; a run with
+    # another global batch uses lr x global / lr_global_batch (the linear rule), printed at start. 0: lr as given.
+    lr_global_batch: int = 0
     momentum: float = 0.9  # sgd, sgdw
     weight_decay: float = 5e-4
     beta1: float = 0.9  # adamw
@@ -347,6 +350,7 @@ def validate(c: Config) -> None:
             "optim.decay_steps", "must be increasing positive steps")
     require(0.0 < o.decay_rate <= 1.0, "optim.decay_rate", "must be in (0, 1]")
     require(o.clip_norm >= 0, "optim.clip_norm", "must be >= 0")
+    require(o.lr_global_batch >= 0, "optim.lr_global_batch", "must be >= 0")
     require(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
     require(o.poly_power > 0, "optim.poly_power", "must be > 0")
     require(0.0 <= o.beta1 < 1.0, "optim.beta1", "must be in [0, 1)")
