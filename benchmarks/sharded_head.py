@@ -60,7 +60,8 @@ def measure(args) -> dict:
     from distface.config import Config
     from distface.training.trainer import Trainer
     from distface.training.objectives import Classification
-    from distface.training.optim import MomentumSGD
+    from distface.training.optim import Optimizer
+    from distface.training import schedules
     from distface.parallel import build_engine
     from distface.training.state import TrainState
 
@@ -80,7 +81,8 @@ def measure(args) -> dict:
         backbone = tf.keras.Sequential([tf.keras.Input((args.dim,)), *layers])
     objective = Classification(cfg, engine, num_classes)
     state = TrainState(engine, backbone, objective)
-    trainer = Trainer(cfg, engine, state, objective, MomentumSGD(cfg.optim, 1000, engine))
+    optimizer = Optimizer(cfg.optim, 1000, engine, schedules.global_batch(cfg, engine.num_replicas))
+    trainer = Trainer(cfg, engine, state, objective, optimizer)
     x, y = per_replica_batch(engine, args, num_classes)
     setup_bytes = peak_resident_bytes()
     reset_peak_resident()
@@ -97,8 +99,8 @@ def measure(args) -> dict:
 
     head = objective.head
     names = {f"head/{n}" for n in (*head.replicated, *head.sharded)}
-    head_state = [v for group in (*state.trainable().values(), *state.slots.values())
-                  for name, v in group.items() if name in names]
+    slots = [kind for group in state.slots.values() for kind in group.values()]
+    head_state = [v for group in (*state.trainable().values(), *slots) for name, v in group.items() if name in names]
     head_bytes = sum(int(np.prod(engine.local_results(v)[0].shape)) * 4 for v in head_state)
     columns = head.block_size or num_classes
     if args.one_rate < 1:

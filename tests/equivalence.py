@@ -9,7 +9,8 @@ import tensorflow as tf
 from distface.config import Config
 from distface.training.trainer import Trainer
 from distface.training.objectives import OBJECTIVES
-from distface.training.optim import MomentumSGD
+from distface.training.optim import Optimizer
+from distface.training import schedules
 from distface.training.state import TrainState
 
 D_IN, D = 6, 8
@@ -76,7 +77,8 @@ def build(engine, cfg: Config, problem: dict) -> Trainer:
     else:
         head.weight.assign(problem["weight"])
     state = TrainState(engine, backbone, objective)
-    return Trainer(cfg, engine, state, objective, MomentumSGD(cfg.optim, 100, engine))
+    optimizer = Optimizer(cfg.optim, 100, engine, schedules.global_batch(cfg, engine.num_replicas))
+    return Trainer(cfg, engine, state, objective, optimizer)
 
 
 def loss_and_grads(trainer: Trainer, problem: dict) -> dict:

@@ -37,6 +37,16 @@ CONFIGS = {
                                                                  "optim.clip_norm=5"),
     "mirrored, Partial FC, float16, clipping": MIRRORED + ("head.sample_rate=0.5", "train.mixed_precision=float16",
                                                            "optim.clip_norm=5"),
+    # The optimizers (distface/training/rules.py), each on a full block, Partial FC and a replicated head.
+    **{f"mirrored, {rule}{where}": MIRRORED + (f"optim.type={rule}",) + extra
+       for rule in ("sgd", "sgdw", "adamw")
+       for where, extra in ((", sharded", ()), (", Partial FC dense", ("head.sample_rate=0.5",)),
+                            (", Partial FC lazy", ("head.sample_rate=0.5", "optim.head_update=lazy")),
+                            (", replicated head", ("head.sharding=replicated",)))},
+    "mirrored, the recipe's step: poly, backbone clipping, straight-through margin": MIRRORED + (
+        "optim.schedule=poly", "optim.clip_norm=5", "optim.clip_scope=backbone", "head.margin_gradient=straight_through"),
+    "mirrored, 2 accumulated micro-batches, Partial FC": MIRRORED + ("train.accumulate_steps=2", "head.sample_rate=0.5"),
+    "single, 2 accumulated micro-batches, adamw": SINGLE + ("train.accumulate_steps=2", "optim.type=adamw"),
 }
 BACKBONES = {"sphere20": "[56, 48]", "iresnet18": "[56, 56]", "mobilefacenet": "[56, 56]", "nn1": "[96, 96]",
              "inception_resnet_v1": "[80, 80]", "lenetpp": "[28, 28]"}  # debug: in every configuration above
@@ -49,11 +59,11 @@ CONTROL = {  # a tf.cond predicate: the host decides the branch
                              "add the momentum to the weight, so keeping a block unchanged needs a branch",
     "row_gradient.py:_surely_finite": "whether a full block's gradient is proven finite from its factors, or its "
                                       "rows must be counted (the pass the proof saves)",
-    "trainer.py:_combine_rows": "Partial FC: whether the sampled rows are already unique and sorted",
+    "gradients.py:combined": "Partial FC: whether the sampled rows are already unique and sorted",
 }
 INT32 = {  # TensorFlow keeps int32 on the host on a GPU, but some of its int32 kernels write device memory
     "sharded.py:_sample": "Partial FC's sample: top-k positions and counts",
-    "trainer.py:combined": "Partial FC: the count of unique sampled rows",
+    "gradients.py:combine": "Partial FC: the count of unique sampled rows",
     "row_chunks.py:map_row_chunks": "a chunked reduction's TensorList of an unknown row count (Partial FC)",
     "triplet.py:_semi_hard": "semi-hard mining's int32 positions",
     "trainer.py:_gradients": "TensorFlow's gradients of gathers, reshapes and all-gathers (shapes as int32 tensors)",
@@ -161,7 +171,7 @@ def test_host_transfers_follow_tensorflows_memory_rules():
 
 
 def test_the_replicated_heads_decay_in_row_ranges_has_gpu_kernels(monkeypatch):
-    """A replicated head of CHUNK_ROWS rows or more is decayed a range of rows at a time in place: with ranges of
+    """A replicated head of CHUNK_ROWS rows or more is updated a range of rows at a time in place: with ranges of
     16 rows the audit's small head takes that path."""
     for module in (rows_in_place, row_chunks, row_gradient):
         monkeypatch.setattr(module, "CHUNK_ROWS", 16)

@@ -15,8 +15,8 @@ from distface.training.session import Session
 
 def snapshot(trainer):
     """Parameters and momentum slots, every replica's copy."""
-    groups = [*trainer.state.trainable().values(), *trainer.state.slots.values()]
-    variables = [v for group in groups for v in group.values()]
+    variables = [v for group in trainer.state.trainable().values() for v in group.values()]
+    variables += [v for group in trainer.state.slots for v in trainer.state.slot_variables(group)]
     return [np.concatenate([np.ravel(c.numpy()) for c in trainer.runtime.local_results(v)]) for v in variables]
 
 

@@ -10,9 +10,9 @@ from tensorflow.python.framework import tensor_conversion_registry
 from equivalence import build, make_config, make_problem, per_replica
 from distface.config import OptimConfig
 from distface.heads.classifier import cosine_to_rows, inverse_row_norms
-from distface.training.trainer import _combine_rows
-from distface.training import optim
-from distface.training.optim import MomentumSGD
+from distface.ops import gradients
+from distface.ops.gradients import SparseRows
+from distface.training.optim import Optimizer
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 
@@ -67,16 +67,17 @@ def test_cosine_to_rows_and_its_gradient_equal_normalising_w():
 
 
 def optimizer(head_update="dense"):
-    cfg = OptimConfig(lr=LR, momentum=MOMENTUM, weight_decay=DECAY, warmup_steps=0, schedule="constant",
-                      head_update=head_update)
-    return MomentumSGD(cfg, 100, SingleEngine())
+    cfg = OptimConfig(type="sgdw", lr=LR, momentum=MOMENTUM, weight_decay=DECAY, warmup_steps=0,
+                      schedule="constant", head_update=head_update)
+    return Optimizer(cfg, 100, SingleEngine(), global_batch=8)
 
 
 def one_update(head_update, grad, w0, m0, ok=True):
     opt = optimizer(head_update)
     var, slot = tf.Variable(w0), tf.Variable(m0)
     with no_densifying():
-        tf.function(lambda: opt.apply({"g": {"w": grad}}, {"g": {"w": var}}, {"g": {"w": slot}}, 0, ok))()
+        tf.function(lambda: opt.apply({"g": {"w": gradients.of(grad)}}, {"g": {"w": var}},
+                                      {"g": {"momentum": {"w": slot}}}, 0, ok))()
     return var.numpy(), slot.numpy()
 
 
@@ -121,7 +122,7 @@ def test_dense_with_a_sparse_gradient_equals_the_dense_gradient_update(block):
 
 def test_dense_sparse_update_in_chunks_with_a_partial_last_chunk(block, monkeypatch):
     w0, m0, rows, values, dense = block
-    monkeypatch.setattr(optim, "CHUNK_ROWS", 4)  # 9 rows: chunks of 4, 4 and 1
+    monkeypatch.setattr(gradients, "CHUNK_ROWS", 4)  # 9 rows: chunks of 4, 4 and 1
     assert_update(one_update("dense", sampled(rows, values, w0.shape), w0, m0), reference(w0, m0, dense), atol=1e-6)
 
 
@@ -186,9 +187,9 @@ def test_partial_fc_reads_only_rows_of_a_mirrored_block(head_update):
 def test_sparse_rows_combined_once_each(rows):
     values = np.random.default_rng(2).normal(size=(len(rows), 4)).astype(np.float32)
     with no_densifying():
-        got = tf.function(lambda: _combine_rows(sampled(rows, values, (6, 4))))()
+        got = tf.function(lambda: SparseRows.combined(tf.constant(rows), tf.constant(values), tf.constant([6, 4])).tensor)()
     assert isinstance(got, tf.IndexedSlices)
-    assert sorted(got.indices.numpy()) == sorted(set(rows))
+    assert list(got.indices.numpy()) == sorted(set(rows))  # each row once, increasing
     want = np.zeros((6, 4), np.float64)
     np.add.at(want, rows, values)
     np.testing.assert_allclose(got.values.numpy(), want[got.indices.numpy()], rtol=1e-6)

@@ -8,9 +8,9 @@ import tensorflow as tf
 from equivalence import build, make_config, make_problem, per_replica, train
 from distface.config import OptimConfig
 from distface.heads.classifier import block_scores
-from distface.ops import row_chunks, row_gradient, rows_in_place
+from distface.ops import gradients, row_chunks, row_gradient, rows_in_place
 from distface.ops.row_gradient import RowGradient
-from distface.training.optim import MomentumSGD
+from distface.training.optim import Optimizer
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 
@@ -59,7 +59,7 @@ def test_rows_equal_the_closed_form_and_the_tapes_gradient(kind):
     np.testing.assert_allclose(grad.whole().numpy(), want, rtol=1e-5, atol=1e-6)
     for lo, hi in [(0, 56), (0, 16), (5, 21), (48, 56)]:
         np.testing.assert_allclose(grad.rows(lo, tf.constant(w[lo:hi])).numpy(), want[lo:hi], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(grad.times(0.5).times(3.0).rows(5, tf.constant(w[5:21])).numpy(),
+    np.testing.assert_allclose(grad.scaled(0.5).scaled(3.0).rows(5, tf.constant(w[5:21])).numpy(),
                                1.5 * want[5:21], rtol=1e-5, atol=1e-6)
 
 
@@ -68,7 +68,7 @@ def test_square_sum_over_row_ranges(kind, small_chunks):
     w, x, upstream = problem()  # 56 rows: chunks of 16, 16, 16 and 8
     grad, _ = gradient_of(kind, w, x, upstream)
     want = closed_form(kind, w, x, upstream)
-    np.testing.assert_allclose(grad.times(2.0).square_sum().numpy(), np.sum((2.0 * want) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(grad.scaled(2.0).square_sum().numpy(), np.sum((2.0 * want) ** 2), rtol=1e-5)
 
 
 def overflowing(kind):
@@ -104,15 +104,15 @@ def test_non_finite_count_is_zero_exactly_when_every_element_is_finite(kind, cas
 
 
 def optimizer(in_place="auto"):
-    cfg = OptimConfig(lr=LR, momentum=MOMENTUM, weight_decay=DECAY, warmup_steps=0, schedule="constant",
-                      head_update_in_place=in_place)
-    return MomentumSGD(cfg, 100, SingleEngine())
+    cfg = OptimConfig(type="sgdw", lr=LR, momentum=MOMENTUM, weight_decay=DECAY, warmup_steps=0,
+                      schedule="constant", head_update_in_place=in_place)
+    return Optimizer(cfg, 100, SingleEngine(), global_batch=8)
 
 
 def update(grad, w0, m0, ok=True, xla=False, in_place="auto"):
     opt, var, slot = optimizer(in_place), tf.Variable(w0), tf.Variable(m0)
-    tf.function(lambda: opt.apply({"g": {"w": grad}}, {"g": {"w": var}}, {"g": {"w": slot}}, 0, ok),
-                jit_compile=xla)()
+    tf.function(lambda: opt.apply({"g": {"w": gradients.of(grad)}}, {"g": {"w": var}},
+                                  {"g": {"momentum": {"w": slot}}}, 0, ok), jit_compile=xla)()
     return var.numpy(), slot.numpy()
 
 
@@ -122,24 +122,24 @@ def test_update_in_row_ranges_equals_the_dense_gradients_update(kind, rows, smal
     w, x, upstream = problem(rows=rows, width=3)  # rows of 12 bytes: a 2-D row slice would not alias
     m0 = np.random.default_rng(3).normal(size=w.shape).astype(np.float32)
     grad, dense = gradient_of(kind, w, x, upstream)
-    got = update(grad.times(0.5), w, m0)
+    got = update(grad.scaled(0.5), w, m0)
     m = MOMENTUM * m0.astype(np.float64) - LR * 0.5 * closed_form(kind, w, x, upstream)
     np.testing.assert_allclose(got[1], m, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got[0], w - LR * DECAY * w.astype(np.float64) + m, rtol=1e-5, atol=1e-7)
-    # The reference: the dense gradient through the fused momentum op (optim.head_update_in_place: off).
+    # The reference: the dense gradient applied whole (optim.head_update_in_place: off).
     dense_update = update(tf.constant(dense * 0.5), w, m0, in_place="off")
     for a, b in zip(got, dense_update):
-        # w - decay w + m rounded in another order (XLA's fused rule, the dense path's decay then momentum):
-        # an ulp of the operands (|w|, |m| up to 3) where they cancel
+        # the rule's terms rounded by XLA's fused pass and by TensorFlow's kernels: an ulp of the operands
+        # (|w|, |m| up to 3) where they cancel
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=3e-7)
-    for a, b in zip(update(grad.times(0.5), w, m0, in_place="off"), dense_update):  # off makes it whole first
+    for a, b in zip(update(grad.scaled(0.5), w, m0, in_place="off"), dense_update):  # off makes it whole first
         np.testing.assert_array_equal(a, b)
-    # A dense gradient of a matrix of CHUNK_ROWS rows or more (a replicated head's): the fused momentum op, then
-    # the decay a range of rows at a time in place.
+    # A dense gradient of a matrix of CHUNK_ROWS rows or more (a replicated head's): the rule a range of rows at
+    # a time in place.
     for a, b in zip(update(tf.constant(dense * 0.5), w, m0), got):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=3e-7)
     # Inside XLA (a whole-step jit_compile) the rows cannot be written in place: the dense gradient is applied.
-    for a, b in zip(update(grad.times(0.5), w, m0, xla=True), dense_update):
+    for a, b in zip(update(grad.scaled(0.5), w, m0, xla=True), dense_update):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # XLA's arithmetic: an ulp apart
     refused = update(grad, w, m0, ok=False)
     np.testing.assert_array_equal(refused[0], w)

@@ -13,7 +13,8 @@ from distface.heads.sharded import ShardedHead
 from distface.heads.classifier import HeadOutput
 from distface.training.trainer import Trainer
 from distface.training.objectives import Classification
-from distface.training.optim import MomentumSGD
+from distface.training.optim import Optimizer
+from distface.training import schedules
 from distface.parallel.single import SingleEngine
 from distface.parallel.tfdist import mirrored_engine
 from distface.training.state import TrainState
@@ -42,7 +43,8 @@ def tempered_trainer(engine, per_replica_batch, problem):
     for replica, component in engine.local_components(objective.head.weight).items():
         component.assign(engine.local_components(reference.state.head.weight)[replica])
     state = TrainState(engine, reference.state.backbone, objective)
-    return Trainer(cfg, engine, state, objective, MomentumSGD(cfg.optim, 100, engine))
+    optimizer = Optimizer(cfg.optim, 100, engine, schedules.global_batch(cfg, engine.num_replicas))
+    return Trainer(cfg, engine, state, objective, optimizer)
 
 
 def temperatures(trainer):
@@ -59,7 +61,7 @@ def test_a_new_replicated_head_variable_needs_the_head_alone(mirrored, tmp_path)
     single, dist = tempered_trainer(SingleEngine(), 8, problem), tempered_trainer(mirrored, 4, problem)
     for trainer in (single, dist):
         assert "head/temperature" in trainer.state.trainable()["replicated"]
-        assert "head/temperature" in trainer.state.slots["replicated"]  # a momentum slot, by name
+        assert "head/temperature" in trainer.state.slots["replicated"]["momentum"]  # a momentum slot, by name
         temperature = trainer.state.head.replicated["temperature"]
         assert any(v is temperature for v in trainer.state.replicated_state())  # broadcast from the chief
         x, y = per_replica(trainer.runtime, problem["x"]), per_replica(trainer.runtime, problem["labels"])

@@ -15,7 +15,8 @@ from distface.training.trainer import Trainer
 from distface.models import build_backbone
 from distface.models.sync_batchnorm import SyncBatchNormalization
 from distface.training.objectives import Classification
-from distface.training.optim import MomentumSGD
+from distface.training.optim import Optimizer
+from distface.training import schedules
 from distface.parallel.single import SingleCollectives, SingleEngine
 from distface.training.state import TrainState
 
@@ -41,7 +42,8 @@ def trainer(engine, sync: bool, data: dict) -> Trainer:
     backbone.set_weights(data["weights"])  # every run starts from the same weights
     objective = Classification(cfg, engine, NUM_CLASSES)
     state = TrainState(engine, backbone, objective)
-    return Trainer(cfg, engine, state, objective, MomentumSGD(cfg.optim, 100, engine))
+    optimizer = Optimizer(cfg.optim, 100, engine, schedules.global_batch(cfg, engine.num_replicas))
+    return Trainer(cfg, engine, state, objective, optimizer)
 
 
 def run(engine, sync: bool, data: dict) -> dict:

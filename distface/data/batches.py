@@ -1,7 +1,8 @@
 """Per-replica training batches, by what the objective needs: BATCHES[name](cfg, source, num_shards, shard_index,
 skip_batches, bad_records) -> endless tf.data.Dataset of (images float32 [b, h, w, 3], labels int32 [b]).
 
-source is TrainingSet.source (distface.data.sources); `skip_batches` continues an interrupted run's stream
+source is TrainingSet.source (distface.data.sources); with train.accumulate_steps K > 1 each element is K
+micro-batches [K, b, ...]. `skip_batches` continues an interrupted run's stream
 exactly; bad_records (distface.data.failures.BadRecords, for data.bad_images) drops and counts, or stops at, the
 images that cannot be decoded. cache_plan says what shuffled_batches does with data.cache, for the chief to
 print. TensorFlow is imported when a dataset is built, not with this module.
@@ -58,7 +59,19 @@ def balanced_batches(cfg: Config, source, num_shards: int, shard_index: int, ski
                             shard_index=shard_index, skip_batches=skip_batches, bad_records=bad_records)
 
 
-BATCHES = {"shuffled": shuffled_batches, "identity_balanced": balanced_batches}
+def accumulated(make_batches):
+    """make_batches' stream grouped by train.accumulate_steps (K): K micro-batches [K, b, ...] per training step
+    (the stream unchanged for K = 1); skip_batches counts steps."""
+    def batches(cfg: Config, source, num_shards: int, shard_index: int, skip_batches: int = 0,
+                bad_records: BadRecords | None = None) -> tf.data.Dataset:
+        steps = cfg.train.accumulate_steps
+        dataset = make_batches(cfg, source, num_shards, shard_index, skip_batches * steps, bad_records)
+        return dataset if steps == 1 else dataset.batch(steps, drop_remainder=True)
+
+    return batches
+
+
+BATCHES = {"shuffled": accumulated(shuffled_batches), "identity_balanced": accumulated(balanced_batches)}
 
 
 def batches_plan(name: str, cfg: Config, source, num_shards: int, shard_index: int) -> str | None:

@@ -24,7 +24,7 @@ def margin_from_config(cfg: HeadConfig):
         cfg.type, scale=cfg.scale, m1=cfg.m1, m2=cfg.m2, m3=cfg.m3, easy_margin=cfg.easy_margin,
         sphere_m=cfg.sphere_m, lambda_base=cfg.lambda_base, lambda_gamma=cfg.lambda_gamma,
         lambda_power=cfg.lambda_power, lambda_min=cfg.lambda_min, warmup_start=cfg.margin_warmup_start,
-        warmup_steps=cfg.margin_warmup_steps)
+        warmup_steps=cfg.margin_warmup_steps, margin_gradient=cfg.margin_gradient)
 
 
 def initial_weight(rows: int, embedding_size: int, seed) -> tf.Tensor:
@@ -72,7 +72,7 @@ def cosine_to_rows(x, weight, inv_norm):
 
     def grad(upstream):
         dw = RowGradient.from_upstream(upstream, RowFactors(cosine, x, weight, inv_norm))
-        return tf.matmul(dw.scaled, weight), dw.whole(), None
+        return tf.matmul(dw.scaled_scores, weight), dw.whole(), None
 
     return cosine, grad
 

@@ -9,6 +9,10 @@ Blocks can have millions of columns, so a margin touches only the B target cosin
 them, scatter them back. The rest of the block costs one multiply. Each margin is also given as its parts
 (MarginParts: the scale of the other columns and the target formula), which the fused loss takes so that the
 logits are never held: `cosface(...)` is `apply_margin(cosface_parts(...), ...)`.
+
+How the margin is differentiated is a transformation of the parts (MARGIN_GRADIENTS): "exact" differentiates the
+target formula; `straight_through(parts)` keeps its value and gives it the plain logit's gradient, as
+insightface's arcface_torch does. Both reach every head through the same parts.
 """
 import math
 from typing import Callable, NamedTuple, Union
@@ -24,6 +28,8 @@ Scalar = Union[float, tf.Tensor]
 # and bounded by ~707 (1e-7 rounds to 2 ulps: ~6% error, bound ~2048). The price: at c = ±1 the target
 # angle is off by at most sqrt(2·EPS) ≈ 1.4e-3 rad (0.08°), and the gradient there is 0 (clipped).
 EPS = 1e-6
+
+MARGIN_GRADIENTS = ("exact", "straight_through")  # head.margin_gradient
 
 
 def _f32(x) -> tf.Tensor:
@@ -74,14 +80,17 @@ def _with_target(logits: tf.Tensor, cosine: tf.Tensor, labels: tf.Tensor,
     return tf.tensor_scatter_nd_update(logits, index, new)
 
 
-def _arc(t: tf.Tensor, m: Scalar, easy_margin: bool = False) -> tf.Tensor:
-    """cos(θ + m) = cos θ cos m - sin θ sin m with insightface's fallback past θ = π - m."""
+def _arc(t: tf.Tensor, m: Scalar, easy_margin: bool = False, fallback: bool = True) -> tf.Tensor:
+    """cos(θ + m) = cos θ cos m - sin θ sin m; past θ = π - m insightface's fallback, or with fallback=False
+    cos(θ + m) itself (arcface_torch's value, which turns back up there)."""
     m = _f32(m)
     tc = _clip(t)
     sin = tf.sqrt((1.0 - tc) * (1.0 + tc))  # (1-c)(1+c), not 1-c²: no cancellation near c = ±1
     cos_tm = t * tf.cos(m) - sin * tf.sin(m)  # unclipped cos θ, so m = 0 gives cos θ bit for bit
     if easy_margin:
         return tf.where(t > 0.0, cos_tm, t)
+    if not fallback:
+        return cos_tm
     # Past θ = π - m, cos(θ + m) would turn back up; continue with a decreasing line instead.
     return tf.where(t > tf.cos(math.pi - m), cos_tm, t - tf.sin(math.pi - m) * m)
 
@@ -119,13 +128,16 @@ def cosface_parts(scale: Scalar = 64.0, margin: Scalar = 0.35) -> MarginParts:
     return MarginParts(scale, lambda t, s: s * (t - margin))
 
 
-def arcface_parts(scale: Scalar = 64.0, margin: Scalar = 0.5, easy_margin: bool = False) -> MarginParts:
-    return MarginParts(scale, lambda t, s: s * _arc(t, margin, easy_margin))
+def arcface_parts(scale: Scalar = 64.0, margin: Scalar = 0.5, easy_margin: bool = False,
+                  fallback: bool = True) -> MarginParts:
+    return MarginParts(scale, lambda t, s: s * _arc(t, margin, easy_margin, fallback))
 
 
-def combined_parts(scale: Scalar = 64.0, m1: Scalar = 1.0, m2: Scalar = 0.0, m3: Scalar = 0.0) -> MarginParts:
+def combined_parts(scale: Scalar = 64.0, m1: Scalar = 1.0, m2: Scalar = 0.0, m3: Scalar = 0.0,
+                   fallback: bool = True) -> MarginParts:
+    """`fallback` is _arc's, for a Python m1 == 1."""
     if isinstance(m1, (int, float)) and m1 == 1:
-        return MarginParts(scale, lambda t, s: s * (_arc(t, m2) - m3))
+        return MarginParts(scale, lambda t, s: s * (_arc(t, m2, fallback=fallback) - m3))
     return MarginParts(scale, lambda t, s: s * (_psi(m1 * tf.acos(_clip(t)) + m2) - m3))
 
 
@@ -176,6 +188,20 @@ def combined(cosine: tf.Tensor, labels: tf.Tensor, scale: Scalar = 64.0, m1: Sca
     return apply_margin(combined_parts(scale, m1, m2, m3), cosine, labels)
 
 
+def straight_through(parts: MarginParts) -> MarginParts:
+    """The same logits with the plain logits' gradient: the target's backward is that of scale·cos θ.
+
+    This is insightface arcface_torch's CombinedMarginLoss (recognition/arcface_torch/losses.py), which writes the
+    margin into the logits under torch.no_grad(). For a per-row scale (the feature norm) the norm's gradient is the
+    plain logit's too. The forward value is the margin's bit for bit: plain - stop_gradient(plain) is exactly 0.
+    """
+    def target(t, scale):
+        plain = scale * t
+        return tf.stop_gradient(parts.target(t, scale)) + (plain - tf.stop_gradient(plain))
+
+    return parts._replace(target=target)
+
+
 def margin_ramp(step: Scalar, start: int = 0, steps: int = 0) -> tf.Tensor:
     """Margin warm-up factor in [0, 1]: 0 before `start`, linear to 1 over `steps`, then 1.
 
@@ -201,16 +227,22 @@ class Margin:
 def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
                 easy_margin: bool = False, sphere_m: int = 4, lambda_base: float = 1000.0,
                 lambda_gamma: float = 0.12, lambda_power: float = 1.0, lambda_min: float = 5.0,
-                warmup_start: int = 0, warmup_steps: int = 0) -> Margin:
+                warmup_start: int = 0, warmup_steps: int = 0, margin_gradient: str = "exact") -> Margin:
     """One of MARGINS: margin(cosine, labels, norms, step) -> float32 logits, margin.parts(norms, step).
 
     "softmax" passes raw linear logits (given as `cosine`) through. cosface uses m3, arcface m2, combined
     all three; their margins (and m1 - 1) are scaled by margin_ramp(step, warmup_start, warmup_steps).
-    sphereface is warmed up by its own λ annealing instead.
+    sphereface is warmed up by its own λ annealing instead. margin_gradient is one of MARGIN_GRADIENTS:
+    "straight_through" wraps every kind's parts in straight_through(), and ArcFace's target (arcface, combined
+    with m1 == 1) drops insightface's fallback past θ = π - m: the fallback only shapes a gradient that
+    straight-through discards, and arcface_torch has none.
     """
     if kind not in MARGINS:
         raise ValueError(f"unknown margin kind {kind!r}; known kinds: {', '.join(MARGINS)}")
+    if margin_gradient not in MARGIN_GRADIENTS:
+        raise ValueError(f"unknown margin gradient {margin_gradient!r}; known: {', '.join(MARGIN_GRADIENTS)}")
     check_margin_params(scale=scale, m1=m1, m2=m2, m3=m3, sphere_m=sphere_m, warmup_steps=warmup_steps)
+    fallback = margin_gradient == "exact"
 
     def ramp(step):
         return margin_ramp(step, warmup_start, warmup_steps)
@@ -218,7 +250,7 @@ def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 
     def combined_fn(norms, step):
         r = ramp(step)
         m1_eff = m1 if m1 == 1 else 1.0 + (m1 - 1.0) * r  # Python 1 keeps ArcFace's rule
-        return combined_parts(scale, m1_eff, m2 * r, m3 * r)
+        return combined_parts(scale, m1_eff, m2 * r, m3 * r, fallback)
 
     fns = {
         "softmax": lambda norms, step: plain_parts(),
@@ -227,9 +259,11 @@ def make_margin(kind: str, *, scale: float = 30.0, m1: float = 1.0, m2: float = 
         "sphereface": lambda norms, step: sphereface_parts(
             norms, sphere_m, sphereface_lambda(step, lambda_base, lambda_gamma, lambda_power, lambda_min)),
         "cosface": lambda norms, step: cosface_parts(scale, m3 * ramp(step)),
-        "arcface": lambda norms, step: arcface_parts(scale, m2 * ramp(step), easy_margin),
+        "arcface": lambda norms, step: arcface_parts(scale, m2 * ramp(step), easy_margin, fallback),
         "combined": combined_fn,
     }
+    if margin_gradient == "straight_through":
+        return Margin(lambda norms, step: straight_through(fns[kind](norms, step)))
     return Margin(fns[kind])
 
 

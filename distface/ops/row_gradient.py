@@ -14,7 +14,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from distface.ops import rows_in_place
 from distface.ops.row_chunks import CHUNK_ROWS, chunked_sum
+from distface.ops.updates import Update, apply_dense, apply_streamed
 
 # The non-finite guard proves a gradient finite from bounds of its factors below this (a 4x margin for rounding).
 _FINITE_BOUND = float(tf.float32.max) / 4
@@ -38,8 +40,9 @@ class RowFactors(NamedTuple):
 class RowGradient:
     """factor · dW of a block, never materialised: `rows` gives any range of it."""
 
-    def __init__(self, factors: RowFactors, scaled, along, factor=None):  # factor None: 1
-        self.factors, self.scaled, self.along, self.factor = factors, scaled, along, factor
+    def __init__(self, factors: RowFactors, scaled_scores, along, factor=None):  # factor None: 1
+        # scaled_scores: dL/dscores over |w_j| (margin heads) or dL/dscores (softmax), [B, C]
+        self.factors, self.scaled_scores, self.along, self.factor = factors, scaled_scores, along, factor
 
     @classmethod
     def from_upstream(cls, upstream, factors: RowFactors) -> RowGradient:
@@ -49,20 +52,38 @@ class RowGradient:
         along = tf.reduce_sum(upstream * factors.scores, axis=0) * tf.square(factors.inv_norm)
         return cls(factors, upstream * factors.inv_norm, along)
 
-    def times(self, factor) -> RowGradient:
+    def scaled(self, factor) -> RowGradient:
         factor = tf.convert_to_tensor(factor, tf.float32)
         total = factor if self.factor is None else self.factor * factor
-        return RowGradient(self.factors, self.scaled, self.along, total)
+        return RowGradient(self.factors, self.scaled_scores, self.along, total)
+
+    def plus(self, other: RowGradient) -> RowGradient:
+        """The sum of two micro-batches' gradients of one block (the same weights, before the update): their
+        score gradients side by side, [S1; S2]^T [x1; x2] - (along1 + along2) ⊙ W, still never materialised."""
+        if self.factor is not None or other.factor is not None:
+            raise ValueError("add row gradients before scaling them")
+        f, g = self.factors, other.factors
+        factors = RowFactors(tf.concat([f.scores, g.scores], 0), tf.concat([f.x, g.x], 0), f.weight, f.inv_norm)
+        along = None if self.along is None else self.along + other.along
+        return RowGradient(factors, tf.concat([self.scaled_scores, other.scaled_scores], 0), along)
+
+    def apply(self, var, slots, update: Update) -> tf.Tensor:
+        """The optimizer's rule, a range of rows at a time: each range's gradient is computed and its update
+        written in place (ops/updates.apply_streamed), or, inside XLA or with in-place updates off, the dense
+        gradient is applied."""
+        if update.in_place and rows_in_place.available():
+            return apply_streamed(var, slots, self.rows, update)
+        return apply_dense(var, slots, self.whole(), update)
 
     def rows(self, lo, weight_rows) -> tf.Tensor:
         """Rows [lo, lo + n) of the gradient, given those rows of the block (n = len(weight_rows), static)."""
         n = weight_rows.shape[0]  # XLA slices at a dynamic offset only with a static size
         along = None if self.along is None else tf.slice(self.along, [lo], [n])
-        return self._of(tf.slice(self.scaled, [0, lo], [-1, n]), along, weight_rows)
+        return self._of(tf.slice(self.scaled_scores, [0, lo], [-1, n]), along, weight_rows)
 
     def whole(self) -> tf.Tensor:
         """The dense gradient (the custom gradient's, where the tape asks for it: replicated heads, Partial FC)."""
-        return self._of(self.scaled, self.along, self.factors.weight)
+        return self._of(self.scaled_scores, self.along, self.factors.weight)
 
     def _of(self, scaled, along, weight) -> tf.Tensor:
         if along is None:
@@ -83,10 +104,10 @@ class RowGradient:
         """True only if every element is finite, from the factors' sums and bounds alone (no pass over the rows).
         A sum of floats is finite only if all of them are; |dW_jk| <= B max|S| max|x| + |along_j| |w_j|."""
         factor = tf.constant(1.0) if self.factor is None else self.factor
-        parts = [self.scaled, self.factors.x, factor] + ([] if self.along is None else [self.along])
+        parts = [self.scaled_scores, self.factors.x, factor] + ([] if self.along is None else [self.along])
         finite = tf.reduce_all([tf.math.is_finite(tf.reduce_sum(p)) for p in parts])
-        batch = tf.cast(tf.shape(self.scaled)[0], tf.float32)
-        bound = batch * _max_abs(self.scaled) * _max_abs(self.factors.x)
+        batch = tf.cast(tf.shape(self.scaled_scores)[0], tf.float32)
+        bound = batch * _max_abs(self.scaled_scores) * _max_abs(self.factors.x)
         if self.along is not None:  # |w_j| <= 1 / inv_norm_j
             bound += tf.reduce_max(tf.abs(self.along) / self.factors.inv_norm)
         return finite & (tf.abs(factor) * bound < _FINITE_BOUND)

@@ -18,17 +18,6 @@ def read(var) -> tf.Tensor:
     return tf.raw_ops.ReadVariableOp(resource=var.handle, dtype=var.dtype)
 
 
-def keras_momentum(var, slot, lr, grad, momentum) -> None:
-    """slot <- momentum * slot - lr * grad; var <- var + slot (Keras' SGD rule), in place."""
-    tf.raw_ops.ResourceApplyKerasMomentum(var=var.handle, accum=slot.handle, lr=lr, grad=grad, momentum=momentum)
-
-
-def decay(var, rate) -> None:
-    """var <- var - rate * var. AssignSub updates in place once the product is made (the read it came from is
-    released by then): one temporary the size of the variable."""
-    tf.raw_ops.AssignSubVariableOp(resource=var.handle, value=rate * read(var))
-
-
 def gather(var, rows) -> tf.Tensor:
     return tf.raw_ops.ResourceGather(resource=var.handle, indices=rows, dtype=var.dtype)
 
@@ -41,3 +30,14 @@ def scatter_update(var, rows, values) -> None:
 def scatter_sub(var, rows, values) -> None:
     """Rows of var -= values (a repeated row takes every part). Puts the variable in copy-on-read mode."""
     tf.raw_ops.ResourceScatterSub(resource=var.handle, indices=rows, updates=values)
+
+
+def assign(var, value) -> None:
+    tf.raw_ops.AssignVariableOp(resource=var.handle, value=tf.cast(value, var.dtype))
+
+
+def own_buffer(var, grad) -> None:
+    """Gives the variable a buffer of its own, changing no value: the fused op (var <- var - 0·grad, grad finite)
+    copies a buffer that another tensor or variable shares before writing (TensorFlow's copy-on-write), which the
+    in-place row writes of ops/rows_in_place.py would not."""
+    tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=tf.constant(0.0, var.dtype), delta=grad)

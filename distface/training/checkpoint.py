@@ -98,7 +98,7 @@ class Checkpointer:
         (block size); the world size and the sharded names are added here."""
         self.state, self.runtime = state, runtime
         self.run_dir = Path(run_dir)
-        # Sharded state by group ("params", "momentum") and name: each local replica's component of each.
+        # Sharded state by group ("params", the slot kinds) and name: each local replica's component of each.
         self.sharded = state.sharded_state()
         blocks: dict = {}
         for group, variables in self.sharded.items():
@@ -108,7 +108,7 @@ class Checkpointer:
         self.layout = {**layout, "world_size": runtime.num_replicas,
                        "sharded_variables": sorted(self.sharded["params"])}
         self.replicated = dict(backbone=state.backbone, step=state.step, counters=state.counters,
-                               momentum=state.slots["replicated"])
+                               **state.slots["replicated"])
         if state.head is not None:
             self.replicated["head"] = state.head.replicated
         if state.centers is not None and not state.sharded_centers:  # sharded centers are among the blocks

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from distface.config import Config, InputError
+from distface.training.schedules import describe_epochs, describe_rate, global_batch, resolve_epochs
 
 
 @contextlib.contextmanager
@@ -40,6 +41,34 @@ def removed_if_refused(out_dir: Path, chief: bool):
         raise
 
 
+def published_size_problem(cfg: Config, training_set) -> str | None:
+    """The one-line error when the set differs from a recipe's published size (data.num_classes, data.num_images;
+    0: any size), else None. Images left out as broken (data.bad_images: skip) still count: the published size
+    is the set's, not the run's."""
+    where = f"data.path {cfg.data.path}" if cfg.data.path else f"data.source {cfg.data.source}"
+    held = {"num_classes": training_set.num_classes,
+            "num_images": training_set.num_images + len(training_set.left_out)}
+    for key, noun in (("num_classes", "identities"), ("num_images", "images")):
+        expected = getattr(cfg.data, key)
+        if expected and expected != held[key]:
+            return (f"data.{key}: the config expects {expected:,} {noun}, {where} has {held[key]:,} "
+                    f"(set data.{key}=0 to train on this set as it is)")
+    return None
+
+
+def sized_to_data(cfg: Config, training_set, num_replicas: int) -> list[str]:
+    """Checks the set against the published size, then sets train.steps and optim.warmup_steps from
+    train.epochs and optim.warmup_epochs (training/schedules.py); returns the start lines that say so."""
+    problem = published_size_problem(cfg, training_set)
+    if problem:
+        raise InputError(problem)
+    batch = global_batch(cfg, num_replicas)
+    lines = [describe_epochs(cfg, training_set.num_images, batch), describe_rate(cfg.optim, batch)]
+    sized = resolve_epochs(cfg, training_set.num_images, batch)
+    cfg.train.steps, cfg.optim.warmup_steps = sized.steps, sized.warmup_steps
+    return [line for line in lines if line]
+
+
 class Session:
     """Everything a run needs, built (and validated) before the first step, in the order each piece needs the
     previous: the runtime places variables, the training set gives the class count, the state holds the
@@ -60,7 +89,7 @@ class Session:
                                                   read_manifest, save_config)
         from distface.training.monitor import Monitor
         from distface.training.objectives import OBJECTIVES
-        from distface.training.optim import MomentumSGD
+        from distface.training.optim import Optimizer
         from distface.training.run_folder import choose_run_folder
         from distface.training.state import TrainState
         from distface.training.trainer import Trainer
@@ -79,19 +108,22 @@ class Session:
         # Nothing is written until every check has passed (the data, the batch, the model, a resume, the
         # verification sets): a refused run leaves no folder behind and adds nothing to a resumed one.
         self.training_set = train_source(cfg, Progress("screened", quiet or not runtime.is_chief))
+        # Epochs become steps here, before anything reads train.steps (the monitor, the schedule).
+        start_lines = sized_to_data(cfg, self.training_set, runtime.num_replicas)
         self.objective_cls = OBJECTIVES[cfg.loss.type]
         # Distribution: one input pipeline per process (its shard of the set).
         plan = batches_plan(self.objective_cls.batches, cfg, self.training_set.source, runtime.num_processes,
                             runtime.process_index)
         # TensorBoard's event file appears at the first scalar written.
-        self.monitor = Monitor(str(out_dir / "tb"), cfg.train.steps, cfg.data.batch_size * runtime.num_replicas,
+        self.monitor = Monitor(str(out_dir / "tb"), cfg.train.steps, global_batch(cfg, runtime.num_replicas),
                                enabled=runtime.is_chief, quiet=quiet)
         if runtime.is_chief:  # rank 0 speaks (and only it decodes the few images the resize warning looks at)
             for line in (self.training_set.summary(), self.training_set.resize_warning(cfg.model.image_size)):
                 if line:
                     print(f"distface: {line}", file=sys.stderr)
-        if plan:
-            self.monitor.say(plan)
+        for line in [plan, *start_lines]:
+            if line:
+                self.monitor.say(line)
 
         tf.keras.utils.set_random_seed(cfg.train.seed)
         with runtime.scope(), precision_policy(cfg.train.mixed_precision):
@@ -100,8 +132,8 @@ class Session:
                                       cfg.model.dropout, runtime.collectives if cfg.model.sync_batchnorm else None)
         self.objective = self.objective_cls(cfg, runtime, self.training_set.num_classes)
         self.state = TrainState(runtime, backbone, self.objective, cfg.train.mixed_precision == "float16")
-        self.trainer = Trainer(cfg, runtime, self.state, self.objective,
-                               MomentumSGD(cfg.optim, cfg.train.steps, runtime))
+        optimizer = Optimizer(cfg.optim, cfg.train.steps, runtime, global_batch(cfg, runtime.num_replicas))
+        self.trainer = Trainer(cfg, runtime, self.state, self.objective, optimizer)
         head = self.state.head
         layout = {"num_classes": self.training_set.num_classes, "embedding_size": cfg.model.embedding_size,
                   "head": None if head is None else head.kind, "block_size": None if head is None else head.block_size}
@@ -109,7 +141,7 @@ class Session:
         if saved is not None:
             step = self.checkpointer.restore()
             self.monitor.say(f"resumed from {checkpoint_dir(out_dir)}/ckpt-{step} at step {step}")
-            before = saved.data.batch_size * read_manifest(out_dir, step)["world_size"]
+            before = global_batch(saved, read_manifest(out_dir, step)["world_size"])
             if before != self.trainer.global_batch:
                 self.monitor.say(f"the global batch is now {self.trainer.global_batch} (saved at {before}); "
                                  f"learning rate in use {self.trainer.learning_rate():.4g} (optim.lr "

@@ -5,7 +5,7 @@
 - `centers`: the center-loss centers variable or None: replicated, or (`sharded_centers`) this replica's class
   block of them beside the head's (distface/training/centers.py);
 - `step`, `counters`: the update count and the non-finite guard's / loss scaler's counters (replicated);
-- `slots`: the optimizer's momentum, keyed by the name of the variable it belongs to.
+- `slots`: the optimizer's slots (momentum; AdamW's second moment too), {group: {slot kind: {variable name: slot}}}.
 
 Broadcast, gradient reduction, clipping, the update, checkpoints and re-sharding read these names; nothing
 relies on the order of a list of variables.
@@ -48,16 +48,20 @@ class TrainState(tf.Module):
     def replicated_state(self) -> list:
         """Every variable that must be equal on all replicas (what a broadcast from the chief covers)."""
         state = list(self.backbone.variables) + [self.step, *self.counters.values()]
-        state += list(self.slots[REPLICATED].values())
+        state += self.slot_variables(REPLICATED)
         if self.head is not None:
             state += list(self.head.replicated.values())
         return state + ([self.centers] if self.centers is not None and not self.sharded_centers else [])
 
+    def slot_variables(self, group: str) -> list:
+        return [slot for kind in self.slots[group].values() for slot in kind.values()]
+
     def sharded_state(self) -> dict:
-        """{"params": {name: block}, "momentum": {name: block}}: what lives in a replica's class block (the head's
-        blocks with their momentum, and the sharded centers, which the optimizer does not move)."""
+        """{"params": {name: block}, <slot kind>: {name: block}, ...}: what lives in a replica's class block (the
+        head's blocks with their optimizer slots, and the sharded centers, which the optimizer does not move)."""
         params = {} if self.head is None else dict(self.head.sharded)
-        momentum = {name: self.slots[SHARDED][f"head/{name}"] for name in params}
+        slots = {kind: {name: blocks[f"head/{name}"] for name in params}
+                 for kind, blocks in self.slots[SHARDED].items()}
         if self.sharded_centers:
             params["centers"] = self.centers
-        return {"params": params, "momentum": momentum}
+        return {"params": params, **slots}

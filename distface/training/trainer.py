@@ -12,8 +12,8 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from distface.config import Config
+from distface.ops import gradients
 from distface.ops.row_gradient import RowGradient
-from distface.ops.row_chunks import chunked_sum
 from distface.training.state import REPLICATED, SHARDED, TrainState
 
 LOSS_SCALE_PERIOD = 2000  # good float16 steps before the loss scale doubles
@@ -35,7 +35,8 @@ class Trainer(tf.Module):
         self.state = state
         self.objective = objective
         self.optimizer = optimizer
-        self.global_batch = cfg.data.batch_size * runtime.num_replicas
+        self.micro_batch = cfg.data.batch_size * runtime.num_replicas  # the examples of one forward, globally
+        self.global_batch = self.micro_batch * cfg.train.accumulate_steps  # the examples of one update
         self.variables_by_group = state.trainable()
         state.slots = optimizer.build(self.variables_by_group)
 
@@ -44,17 +45,33 @@ class Trainer(tf.Module):
         collectives = runtime.collectives
         loss_scale = state.counters.get("loss_scale")
         moving = [tf.identity(v) for v in state.backbone.non_trainable_variables]  # BN statistics before
-        with tf.GradientTape() as tape:
-            embeddings = state.backbone(images, training=True)
-            loss, metrics, row_factors = self.objective.loss(collectives, embeddings, labels, state.step,
-                                                             self.global_batch)
-            scaled = loss if loss_scale is None else loss * loss_scale
-        grads = tf.nest.map_structure(_combine_rows, self._gradients(tape, scaled, row_factors))
+        steps = cfg.train.accumulate_steps
+        micro = [(images, labels)] if steps == 1 else [(images[k], labels[k]) for k in range(steps)]
+        grads, loss, ratios, histograms, embeddings = None, 0.0, {}, {}, []
+        # Accumulation: each micro-batch's loss is the mean over its global micro-batch, divided by their count,
+        # so the summed gradient is that of the mean over all of them; one reduction and one update follow.
+        for part_images, part_labels in micro:
+            with tf.GradientTape() as tape:
+                part_embeddings = state.backbone(part_images, training=True)
+                part_loss, metrics, row_factors = self.objective.loss(collectives, part_embeddings, part_labels,
+                                                                      state.step, self.micro_batch)
+                part_loss = part_loss / steps
+                scaled = part_loss if loss_scale is None else part_loss * loss_scale
+            part = self._gradients(tape, scaled, row_factors)
+            grads = part if grads is None else _each(lambda a, b: a.plus(b), grads, part)
+            loss += part_loss
+            embeddings.append(part_embeddings)
+            for name, (numerator, denominator) in metrics.ratios.items():
+                total = ratios.get(name, (0.0, 0.0))
+                ratios[name] = (total[0] + numerator, total[1] + denominator)
+            for name, values in metrics.histograms.items():
+                histograms.setdefault(name, []).append(values)
         if loss_scale is not None:
-            grads = tf.nest.map_structure(lambda g: _scale(g, 1.0 / loss_scale), grads)
-        grads = {REPLICATED: runtime.reduce_gradients(grads[REPLICATED]), SHARDED: grads[SHARDED]}
+            grads = _each(lambda g: g.scaled(1.0 / loss_scale), grads)
+        reduced = runtime.reduce_gradients({n: None if g is None else g.tensor for n, g in grads[REPLICATED].items()})
+        grads = {REPLICATED: {n: gradients.of(g) for n, g in reduced.items()}, SHARDED: grads[SHARDED]}
         # A step is good only if the loss and every gradient, on every replica, are finite.
-        bad = tf.add_n([_non_finite_count(g) for g in tf.nest.flatten(grads) + [loss] if g is not None])
+        bad = tf.add_n([g.non_finite_count() for g in _flat(grads)] + [_non_finite(loss)])
         ok = collectives.all_reduce_sum(bad) == 0
         # The guard's limit reached: the step changes nothing, its counts included, until the loop sees the streak
         # (it reads it every few steps, not after each: no host sync per step), so the run stops at the limit.
@@ -65,11 +82,10 @@ class Trainer(tf.Module):
         misses = self.optimizer.apply(grads, self.variables_by_group, state.slots, state.step, apply)
         for var, before in zip(state.backbone.non_trainable_variables, moving):
             var.assign(tf.where(apply, var, before))
-        self.objective.after_update(runtime, embeddings, labels, apply)
+        self.objective.after_update(runtime, _joined(embeddings), _joined([labels_ for _, labels_ in micro]), apply)
         self._count_step(ok, live)
 
         counters = state.counters
-        ratios = dict(metrics.ratios)
         ratios["loss"] = (loss, 1.0 / runtime.num_replicas)
         ratios["train/skipped_steps"] = (tf.cast(counters["skipped"], tf.float32), 1.0)
         if loss_scale is not None:
@@ -78,7 +94,7 @@ class Trainer(tf.Module):
         totals = collectives.all_reduce_sum(tf.stack([tf.cast(v, tf.float32) for n in names for v in ratios[n]]
                                                      + [misses]))
         scalars = {n: totals[2 * i] / tf.maximum(totals[2 * i + 1], 1e-12) for i, n in enumerate(names)}
-        return StepMetrics(scalars, {n: collectives.all_gather(v) for n, v in metrics.histograms.items()},
+        return StepMetrics(scalars, {n: collectives.all_gather(_joined(v)) for n, v in histograms.items()},
                            totals[-1])
 
     def _gradients(self, tape, loss, row_factors) -> dict:
@@ -90,7 +106,7 @@ class Trainer(tf.Module):
         grads = tape.gradient(loss, sources)
         grads[SHARDED] = {n: RowGradient.from_upstream(g, row_factors[n]) if n in row_factors else g
                           for n, g in grads[SHARDED].items()}
-        return grads
+        return _each(gradients.of, grads)
 
     def _count_step(self, ok, live):
         runtime, counters = self.runtime, self.state.counters
@@ -109,14 +125,23 @@ class Trainer(tf.Module):
                                            scale))
 
     def _clip(self, grads):
-        """Clip by the norm of the whole gradient: a sharded block holds only its rows' part of it."""
-        def squares(gs):
-            return tf.add_n([_square_sum(g) for g in gs if g is not None] or [tf.zeros([])])
+        """Scale the clipped gradients by min(1, clip_norm / (norm + 1e-6)) (torch.nn.utils.clip_grad_norm_'s rule),
+        norm over every gradient (optim.clip_scope: all) or the backbone's only (backbone); a sharded block holds
+        only its rows' part of the norm."""
+        def clipped(group, name):
+            return self.cfg.optim.clip_scope == "all" or (group == REPLICATED and name.startswith("backbone/"))
 
-        norm = tf.sqrt(squares(tf.nest.flatten(grads[REPLICATED]))
-                       + self.runtime.collectives.all_reduce_sum(squares(tf.nest.flatten(grads[SHARDED]))))
-        scale = tf.minimum(1.0, self.cfg.optim.clip_norm / tf.maximum(norm, 1e-12))
-        return tf.nest.map_structure(lambda g: _scale(g, scale), grads)
+        def squares(group):
+            parts = [g.square_sum() for n, g in grads[group].items() if g is not None and clipped(group, n)]
+            return tf.add_n(parts or [tf.zeros([])])
+
+        sharded = squares(SHARDED)
+        if self.cfg.optim.clip_scope == "all":
+            sharded = self.runtime.collectives.all_reduce_sum(sharded)
+        norm = tf.sqrt(squares(REPLICATED) + sharded)
+        scale = tf.minimum(1.0, self.cfg.optim.clip_norm / (norm + 1e-6))
+        return {group: {n: g.scaled(scale) if g is not None and clipped(group, n) else g for n, g in items.items()}
+                for group, items in grads.items()}
 
     @tf.function
     def train_step(self, images, labels) -> StepMetrics:
@@ -126,47 +151,23 @@ class Trainer(tf.Module):
         return float(self.optimizer.schedule(self.state.step - 1))
 
 
-# A sampled head block's gradient is tf.IndexedSlices over its sampled rows (Partial FC). It stays sparse through
-# the step: TensorFlow would densify it into a block-sized tensor at the first dense op.
-def _combine_rows(grad):
-    """Each row of a sparse gradient once (a repeated row's parts summed); dense gradients and None pass.
-    Rows already strictly increasing (Partial FC's sorted sample, one gather) pass as they are: summing them
-    again would copy every sampled row's gradient for nothing."""
-    if not isinstance(grad, tf.IndexedSlices):
-        return grad
-
-    def combined():
-        rows, position = tf.unique(grad.indices)
-        return tf.math.unsorted_segment_sum(grad.values, position, tf.shape(rows)[0]), rows
-
-    increasing = tf.reduce_all(grad.indices[1:] > grad.indices[:-1])
-    values, rows = tf.cond(increasing, lambda: (grad.values, grad.indices), combined)
-    return tf.IndexedSlices(values, rows, grad.dense_shape)
+def _each(fn, *grads) -> dict:
+    """fn over the gradients of {group: {name: gradient}} dicts that share their names (None stays None)."""
+    return {group: {name: None if grads[0][group][name] is None else fn(*(g[group][name] for g in grads))
+                    for name in grads[0][group]}
+            for group in grads[0]}
 
 
-# Reductions over whole gradients a slice of rows at a time: a block-sized mask or square would be the peak.
-def _non_finite_count(grad):
-    if isinstance(grad, RowGradient):
-        return grad.non_finite_count()
-    return chunked_sum(lambda part: tf.cast(~tf.math.is_finite(part), tf.float32), _values(grad))
+def _flat(grads: dict) -> list:
+    return [g for items in grads.values() for g in items.values() if g is not None]
 
 
-def _square_sum(grad):
-    return grad.square_sum() if isinstance(grad, RowGradient) else chunked_sum(tf.square, _values(grad))
+def _non_finite(tensor) -> tf.Tensor:
+    return tf.reduce_sum(tf.cast(~tf.math.is_finite(tensor), tf.float32))
 
 
-def _values(grad):
-    return grad.values if isinstance(grad, tf.IndexedSlices) else grad
-
-
-def _scale(grad, factor):
-    if grad is None:
-        return None
-    if isinstance(grad, RowGradient):
-        return grad.times(factor)
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(tf.cast(grad.values, tf.float32) * factor, grad.indices, grad.dense_shape)
-    return tf.cast(grad, tf.float32) * factor
+def _joined(parts: list):
+    return parts[0] if len(parts) == 1 else tf.concat(parts, 0)
 
 
 class TrainingStopped(RuntimeError):
