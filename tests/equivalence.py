@@ -58,7 +58,7 @@ def per_replica(engine, array: np.ndarray):
     return tf.constant(array[engine.process_index * b:(engine.process_index + 1) * b])
 
 
-def build(engine, cfg: Config, problem: dict) -> Trainer:
+def build(engine, cfg: Config, problem: dict, total_steps: int = 100) -> Trainer:
     num_classes = len(problem["weight"])
     with engine.scope():
         backbone = tf.keras.Sequential([tf.keras.Input((D_IN,)), tf.keras.layers.Dense(D)])
@@ -77,7 +77,7 @@ def build(engine, cfg: Config, problem: dict) -> Trainer:
     else:
         head.weight.assign(problem["weight"])
     state = TrainState(engine, backbone, objective)
-    optimizer = Optimizer(cfg.optim, 100, engine, schedules.global_batch(cfg, engine.num_replicas))
+    optimizer = Optimizer(cfg.optim, total_steps, engine, schedules.global_batch(cfg, engine.num_replicas))
     return Trainer(cfg, engine, state, objective, optimizer)
 
 
