@@ -1,10 +1,11 @@
 """Run once per test session under `horovodrun -np 2` (the `horovod_two_ranks` fixture in tests/conftest.py) for the
-three tests that compare the Horovod engine on 2 ranks with one device, so they share one Horovod start-up:
+tests that compare the Horovod engine on 2 ranks with one device, so they share one Horovod start-up:
 
   equivalence     tests/test_horovod.py: the equivalence cases of tests/equivalence.py (every head kind, odd C and
                   C < B; SUM-aggregated centers)
   centers         tests/test_sharded_centers.py: the sharded center-loss centers case
   sync_batchnorm  tests/test_sync_batchnorm.py: the synchronized (and, for contrast, the plain) BatchNorm runs
+  accumulation    tests/test_accumulation.py: 2 accumulated micro-batches per update
 
 Each rank writes each part's results to OUT/<part>/rank<r>.npz for the tests to compare with one device."""
 import os
@@ -68,7 +69,16 @@ def sync_batchnorm(engine) -> dict:
     return results
 
 
-PARTS = {"equivalence": equivalence, "centers": centers, "sync_batchnorm": sync_batchnorm}
+def accumulation(engine) -> dict:
+    from test_accumulation import K, accumulation_problem, run
+
+    out = run(engine, K, accumulation_problem())
+    return dict(loss=np.array(out["loss"]), kernel=np.stack(out["kernel"]),
+                weight=np.stack([blocks[engine.process_index] for blocks in out["blocks"]]))
+
+
+PARTS = {"equivalence": equivalence, "centers": centers, "sync_batchnorm": sync_batchnorm,
+         "accumulation": accumulation}
 
 
 def main(out_dir: str) -> None:
