@@ -63,6 +63,18 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path, engine):
         np.testing.assert_array_equal(cut[key], whole[key], err_msg=key)
 
 
+def test_adamw_resume_equals_uninterrupted(tmp_path):
+    """AdamW's two moments (and its bias correction's update count) are checkpointed and restored."""
+    adamw = ("--set", "optim.type=adamw", "--set", "optim.lr=0.001")
+    train(tmp_path / "whole", *adamw, steps=10)
+    train(tmp_path / "cut", *adamw, steps=5)
+    train(tmp_path / "cut", *adamw, "--resume", steps=10)
+    whole, cut = state(tmp_path / "whole", 10), state(tmp_path / "cut", 10)
+    assert any("second_moment" in key for key in whole)
+    for key in whole:
+        np.testing.assert_array_equal(cut[key], whole[key], err_msg=key)
+
+
 def test_checkpoint_cut_short_is_never_restored(tmp_path):
     """What a kill during a write leaves: index and data of the newest step, but no manifest."""
     out = tmp_path / "run"
@@ -128,7 +140,8 @@ RESUME_31 = ["--set", "head.m3=0.3", "--set", "data.train_identities=[1,2,3,4,5,
 
 @pytest.mark.parametrize("change, message", [
     ("model.embedding_size=64", "model.embedding_size: "), ("model.backbone=sphere20", "model.backbone: "),
-    ("model.image_size=[112, 96]", "model.image_size: "), ("head.type=softmax", "saved with head =")])
+    ("model.image_size=[112, 96]", "model.image_size: "), ("head.type=softmax", "saved with head ="),
+    ("optim.type=adamw", "optim.type: ")])
 def test_incompatible_resume_exits_2(two_replica_run, change, message):
     events = sorted((two_replica_run / "tb").iterdir())
     proc = subprocess.run([sys.executable, *BASE, "--set", f"train.out_dir={two_replica_run}", "--set", change,
@@ -136,7 +149,7 @@ def test_incompatible_resume_exits_2(two_replica_run, change, message):
     assert proc.returncode == 2
     ours = [line for line in proc.stderr.splitlines() if line.startswith("distface:")]
     assert len(ours) == 1 and message in ours[0] and "Traceback" not in proc.stderr, proc.stderr
-    if message.startswith("model."):  # refused before anything is written
+    if message.startswith(("model.", "optim.")):  # refused before anything is written
         assert sorted((two_replica_run / "tb").iterdir()) == events
 
 

@@ -59,6 +59,9 @@ def check_resume(cfg: Config, run_dir: str | Path) -> Config:
         if before != now:
             raise InputError(f"model.{key}: {run_dir} was saved with {before}, this config has {now} "
                              "(--resume continues the same model)")
+    if saved.optim.type != cfg.optim.type:  # the slots hold one rule's state: another rule would misread them
+        raise InputError(f"optim.type: {run_dir} was saved with {saved.optim.type}, this config has "
+                         f"{cfg.optim.type} (--resume continues the same optimizer)")
     return saved
 
 
