@@ -7,7 +7,7 @@
 Every configuration runs in fresh processes (one per replica under `--engine horovod`, which starts horovodrun
 itself; one process of N replicas under `--engine mirrored`), training the real Trainer step on fixed random
 [batch, dim] embeddings per replica: head only (no backbone, `--backbone dense` adds a Dense layer), ArcFace,
-momentum SGD. For each it prints:
+`--optimizer` (optim.type, sgd by default). For each it prints:
 - the step time and its "matmul limit": the three matmuls one replica's step needs ([N*b, d] x [d, P] forward,
   the two backward products; P = the block's columns, or its sampled ones under Partial FC), timed with plain
   tf.matmul in the same processes on the same threads, all replicas at once as in the step;
@@ -74,7 +74,7 @@ def measure(args) -> dict:
     cfg = Config()
     cfg.head.type, cfg.head.sharding, cfg.head.scale = "arcface", sharding, 64.0
     cfg.head.sample_rate = args.one_rate
-    cfg.optim.head_update = args.head_update
+    cfg.optim.head_update, cfg.optim.type = args.head_update, args.optimizer
     cfg.data.batch_size, cfg.model.embedding_size = args.batch, args.dim
     with engine.scope():
         layers = [tf.keras.layers.Dense(args.dim) if args.backbone == "dense" else tf.keras.layers.Identity()]
@@ -165,7 +165,8 @@ def run_one(args, num_classes: int, sharding: str, rate: float, mem_gib: float |
     """The configuration in fresh processes; None when it failed (out of memory, or over mem_gib)."""
     cmd = [sys.executable, __file__, "--one", str(num_classes), sharding, str(rate), "--engine", args.engine,
            "--dim", str(args.dim), "--batch", str(args.batch), "--replicas", str(args.replicas),
-           "--steps", str(args.steps), "--head-update", args.head_update, "--backbone", args.backbone]
+           "--steps", str(args.steps), "--head-update", args.head_update, "--backbone", args.backbone,
+           "--optimizer", args.optimizer]
     cmd += ["--xla"] if args.xla else []
     processes = args.replicas if args.engine == "horovod" else 1
     if args.engine == "horovod":
@@ -228,6 +229,7 @@ def main() -> None:
     p.add_argument("--sharding", nargs="+", default=["replicated", "sharded"], choices=["replicated", "sharded"])
     p.add_argument("--sample-rate", type=float, default=1.0, help="Partial FC (sharded only)")
     p.add_argument("--head-update", choices=["dense", "lazy"], default="dense")
+    p.add_argument("--optimizer", choices=["sgd", "sgdw", "adamw"], default="sgd", help="optim.type")
     p.add_argument("--backbone", choices=["none", "dense"], default="none")
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--batch", type=int, default=64, help="per replica")
@@ -247,7 +249,7 @@ def main() -> None:
             print(json.dumps(result), flush=True)
         return
     print(f"# engine {args.engine} x{args.replicas}, per-replica batch {args.batch}, d = {args.dim}, "
-          f"backbone {args.backbone}{', XLA' if args.xla else ''}")
+          f"backbone {args.backbone}, optim.type {args.optimizer}{', XLA' if args.xla else ''}")
     if args.find_max:
         found = {"replicated": find_max(args, "replicated", 1.0), "sharded": find_max(args, "sharded", 1.0),
                  "Partial FC 0.1": find_max(args, "sharded", 0.1)}

@@ -20,6 +20,7 @@ COMMANDS = {
     "bin": ("distface.data.__main__", ("bin",), "make an insightface .bin verification set from a pairs file"),
     "figures": ("distface.figures", (), "the feature-space figures of the margin papers, on MNIST digits"),
     "models": ("distface.models.__main__", (), "parameters and GMACs of the backbones"),
+    "plan": ("distface.plan", (), "will a config fit on N GPUs of M GiB: memory per GPU, steps, learning rate"),
     "launch": ("distface.launch.cli", (), "start training on GPUs or machines: Horovod, tf.distribute, SLURM"),
     "checkpoint": ("distface.checkpoint", (), "checkpoint tools: merge a sharded head into one array"),
 }

@@ -197,8 +197,10 @@ def config_file(name: str | Path) -> Path:
     raise ConfigError(f"--config: no such file: {name} (nor a shipped config; shipped: {', '.join(sorted(shipped))})")
 
 
-def parse_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Config from a YAML file (or the defaults) plus `section.key=value` overrides, checked without registries."""
+def parse_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                 data_path: bool = True) -> Config:
+    """Config from a YAML file (or the defaults) plus `section.key=value` overrides, checked without registries
+    (data_path: see validate)."""
     raw: dict = {}
     if path is not None:
         path = config_file(path)
@@ -221,7 +223,7 @@ def parse_config(path: str | Path | None = None, overrides: typing.Sequence[str]
         except yaml.YAMLError as err:
             raise ConfigError(f"{key}: --set value {text!r} is not valid YAML: {_yaml_problem(err)}") from None
     config = _build(Config, raw, "")
-    validate(config)
+    validate(config, data_path)
     return config
 
 
@@ -300,14 +302,15 @@ def require(ok: bool, key: str, reason: str) -> None:
         raise ConfigError(f"{key}: {reason}")
 
 
-def validate(c: Config) -> None:
-    """Impossible values stop the run before anything is written (names owned by registries: checked_config.check)."""
+def validate(c: Config, data_path: bool = True) -> None:
+    """Impossible values stop the run before anything is written (names owned by registries: checked_config.check).
+    data_path=False leaves out data.path's checks (set, and there): `distface plan` reads no data."""
     d = c.data
-    if d.source in ("folder", "recordio", "tfrecord"):
+    if data_path and d.source in ("folder", "recordio", "tfrecord"):
         require(bool(d.path), "data.path", f"required when data.source is {d.source}")
-    if d.source == "folder":
+    if data_path and d.source == "folder":
         require(Path(d.path).is_dir(), "data.path", f"no such directory: {d.path}")
-    if d.source == "recordio":
+    if data_path and d.source == "recordio":
         require(Path(d.path).exists(), "data.path", f"no such file or directory: {d.path}")
     if d.source == "orl":
         require(bool(d.train_identities), "data.train_identities", "must not be empty")

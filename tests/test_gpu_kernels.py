@@ -55,8 +55,8 @@ CONFIGS.update({f"single, {name}": SINGLE + (f"model.backbone={name}", f"model.i
 
 # What the step copies from the GPU to the host, by the distface function whose line made the copied tensor.
 CONTROL = {  # a tf.cond predicate: the host decides the branch
-    "trainer.py:_replica_step": "the guard (a non-finite step changes nothing): the fused in-place update ops always "
-                             "add the momentum to the weight, so keeping a block unchanged needs a branch",
+    "trainer.py:_replica_step": "the guard (a non-finite step changes nothing): a block's update writes its rows in "
+                                "place, so keeping a block unchanged needs a branch",
     "row_gradient.py:_surely_finite": "whether a full block's gradient is proven finite from its factors, or its "
                                       "rows must be counted (the pass the proof saves)",
     "gradients.py:combined": "Partial FC: whether the sampled rows are already unique and sorted",

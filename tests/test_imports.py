@@ -123,6 +123,6 @@ def test_training_never_reaches_serving():
 
 def test_top_level_holds_the_commands_and_a_few_modules():
     """docs/design.md's layer map: the commands' entry points and the modules every layer or command shares."""
-    commands = {"cli", "__main__", "train", "export", "embed", "verify", "checkpoint", "figures"}
+    commands = {"cli", "__main__", "train", "export", "embed", "verify", "checkpoint", "figures", "plan"}
     shared = {"__init__", "config", "checked_config", "console", "progress"}
     assert {p.stem for p in PACKAGE.glob("*.py")} == commands | shared
