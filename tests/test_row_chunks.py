@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from distface.ops import row_chunks
 from distface.heads.classifier import inverse_row_norms
-from distface.training.trainer import _non_finite_count, _square_sum
+from distface.ops.gradients import Dense
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +25,8 @@ def test_row_norms_match_numpy_for_static_and_unknown_rows(rows):
 @pytest.mark.parametrize("shape", [(), (7,), (9, 2), (10, 2, 3)])
 def test_sums_match_numpy_at_every_rank(shape):
     g = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
-    np.testing.assert_allclose(_square_sum(tf.constant(g)).numpy(), np.sum(g.astype(np.float64) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(Dense(tf.constant(g)).square_sum().numpy(), np.sum(g.astype(np.float64) ** 2), rtol=1e-6)
     bad = g.copy().reshape(-1)
     bad[::3], bad[-1] = np.nan, -np.inf  # in the first and the last chunk
     expected = np.sum(~np.isfinite(bad))
-    assert _non_finite_count(tf.constant(bad.reshape(shape))).numpy() == expected > 0
+    assert Dense(tf.constant(bad.reshape(shape))).non_finite_count().numpy() == expected > 0
