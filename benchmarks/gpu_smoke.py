@@ -296,7 +296,7 @@ def sharded_head_step(args) -> dict:
     result = sharded_head.measure(argparse.Namespace(
         one_classes=args.head_classes, one_sharding="sharded", one_rate=1.0, engine="mirrored", dim=512, batch=64,
         replicas=max(len(tf.config.list_physical_devices("GPU")), 1), steps=5, head_update="dense",
-        backbone="none", xla=False))
+        backbone="none", xla=False, optimizer="sgd"))
     return {**result, "classes": args.head_classes, "gpu_peak_bytes": [
         tf.config.experimental.get_memory_info(gpu.name)["peak"] for gpu in tf.config.list_logical_devices("GPU")]}
 
