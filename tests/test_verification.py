@@ -277,3 +277,26 @@ def test_errors_are_clear():
         pair_distances(np.ones((4, 2)), np.array([[1.0, 0], [1, 0], [1, 0], [0, 0]]))
     # 0/1 numbers are accepted as labels
     assert evaluate_distances(d, s.astype(float)) == evaluate_distances(d, s)
+
+
+def test_a_collapsed_model_is_reported_not_raised_by_the_runs_evaluation(tmp_path):
+    """Embeddings with a zero row (a collapsed or float16-underflowed model) end the evaluation of that set with one
+    line and an eval.jsonl record naming why; the run goes on (its checkpoints are good)."""
+    import json
+    import types
+
+    import tensorflow as tf
+
+    from distface.checked_config import load_config
+    from distface.eval.records import Evaluator
+
+    cfg = load_config("debug", ["eval.flip=false"])
+    lines = []
+    monitor = types.SimpleNamespace(say=lines.append, writer=None, scalars=lambda *a: None)
+    height, width = cfg.model.image_size
+    zeros = tf.keras.Sequential([tf.keras.Input((height, width, 3)),
+                                 tf.keras.layers.Lambda(lambda x: tf.zeros([tf.shape(x)[0], 8]))])
+    records = Evaluator(cfg, tmp_path, monitor)(zeros, 7)
+    assert len(lines) == 1 and lines[0].startswith("eval step 7 | pairs: not evaluated: ") and "all zeros" in lines[0]
+    assert records == [json.loads((tmp_path / "eval.jsonl").read_text())]
+    assert records[0]["step"] == 7 and "all zeros" in records[0]["error"]

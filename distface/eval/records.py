@@ -14,6 +14,7 @@ from distface.config import Config
 from distface.eval.identification import format_identification, identification_report
 from distface.eval.plots import cmc_curve_image, roc_curve_image
 from distface.eval.runner import evaluate_backbone, format_result, verification_sets
+from distface.eval.verification import DegenerateEmbeddings
 
 
 class Evaluator:
@@ -26,7 +27,13 @@ class Evaluator:
     def __call__(self, backbone, step: int) -> list[dict]:
         records = []
         for vset in self.sets:
-            result, embeddings = evaluate_backbone(backbone, vset, self.cfg.eval)
+            try:
+                result, embeddings = evaluate_backbone(backbone, vset, self.cfg.eval)
+            except DegenerateEmbeddings as err:  # the run's checkpoints stay good: say so and go on
+                self.monitor.say(f"eval step {step} | {vset.name}: not evaluated: {err}")
+                records.append({"step": step, "pairs": vset.name, "error": str(err)})
+                self._append(records[-1])
+                continue
             self.monitor.say(f"eval step {step} | {format_result(vset.name, result)}")
             values = {"accuracy": result.accuracy, "val": result.val, "auc": result.auc, "eer": result.eer}
             self._image(f"roc/{vset.name}", roc_curve_image(result, f"{vset.name} ROC"), step)
@@ -38,9 +45,12 @@ class Evaluator:
                 self._image(f"cmc/{vset.name}", cmc_curve_image(identified, f"{vset.name} CMC"), step)
             self.monitor.scalars(step, {f"eval/{vset.name}/{k}": v for k, v in values.items()})
             records.append({"step": step, "pairs": vset.name, **dataclasses.asdict(result)})
-            with open(self.out_dir / "eval.jsonl", "a") as f:
-                f.write(json.dumps(records[-1]) + "\n")
+            self._append(records[-1])
         return records
+
+    def _append(self, record: dict) -> None:
+        with open(self.out_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _image(self, tag: str, image: np.ndarray, step: int) -> None:
         from distface.eval.visualize import log_image

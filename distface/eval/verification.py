@@ -24,6 +24,10 @@ import numpy as np
 ROC_FARS = tuple(float(f) for f in np.logspace(-4, 0, 41))  # 10 per decade, 1e-4 .. 1
 
 
+class DegenerateEmbeddings(ValueError):
+    """Embeddings that cannot be compared (NaN, Inf, or a row of zeros): a diverged or collapsed model."""
+
+
 @dataclass(frozen=True)
 class VerificationResult:
     accuracy: float  # mean test-fold accuracy
@@ -179,13 +183,13 @@ def _check_embeddings(emb: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be [num_pairs, dim], got shape {x.shape}")
     if np.isnan(x).any():
         row = int(np.argwhere(np.isnan(x))[0, 0])
-        raise ValueError(f"embeddings contain NaN: training diverged? ({name} row {row})")
+        raise DegenerateEmbeddings(f"embeddings contain NaN: training diverged? ({name} row {row})")
     if np.isinf(x).any():
         row = int(np.argwhere(np.isinf(x))[0, 0])
-        raise ValueError(f"embeddings contain Inf: training diverged? ({name} row {row})")
+        raise DegenerateEmbeddings(f"embeddings contain Inf: training diverged? ({name} row {row})")
     zero = np.flatnonzero(~np.any(x, axis=1))
     if zero.size:
-        raise ValueError(f"{name} row {zero[0]} is all zeros: it has no direction to normalise")
+        raise DegenerateEmbeddings(f"{name} row {zero[0]} is all zeros: it has no direction to normalise")
     return x
 
 
