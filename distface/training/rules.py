@@ -21,12 +21,14 @@ import tensorflow as tf
 from distface.config import OptimConfig
 
 
-class SGD:
+class _Momentum:
     slots = ("momentum",)
 
     def __init__(self, cfg: OptimConfig):
         self.momentum, self.weight_decay = cfg.momentum, cfg.weight_decay
 
+
+class SGD(_Momentum):
     def __call__(self, w, slots, g, lr, t):
         (buf,) = slots
         grad = self.weight_decay * w if g is None else g + self.weight_decay * w
@@ -34,12 +36,7 @@ class SGD:
         return w - lr * buf, (buf,)
 
 
-class SGDW:
-    slots = ("momentum",)
-
-    def __init__(self, cfg: OptimConfig):
-        self.momentum, self.weight_decay = cfg.momentum, cfg.weight_decay
-
+class SGDW(_Momentum):
     def __call__(self, w, slots, g, lr, t):
         (m,) = slots
         m = self.momentum * m if g is None else self.momentum * m - lr * g

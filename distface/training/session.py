@@ -143,8 +143,9 @@ class Session:
             self.monitor.say(f"resumed from {checkpoint_dir(out_dir)}/ckpt-{step} at step {step}")
             before = global_batch(saved, read_manifest(out_dir, step)["world_size"])
             if before != self.trainer.global_batch:
+                next_rate = float(self.trainer.optimizer.schedule(self.state.step))
                 self.monitor.say(f"the global batch is now {self.trainer.global_batch} (saved at {before}); "
-                                 f"learning rate in use {self.trainer.learning_rate():.4g} (optim.lr "
+                                 f"learning rate in use {next_rate:.4g} (optim.lr "
                                  f"{cfg.optim.lr:g}; docs/scaling.md: batch size and learning rate)")
         elif resume and new_folder:
             self.monitor.say(f"--resume: no earlier run of {name} in {out_dir.parent}/, starting {out_dir} at step 0")
